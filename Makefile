@@ -1,0 +1,52 @@
+# The README's two commands: `make demo` and `make test`. Both set up a fresh machine first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch goes in first, from the pinned CPU wheel: a bare `torch` requirement would pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+
+.PHONY: setup setup-dev setup-bench demo test test-all bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.torch: | $(BIN)/python
+	$(BIN)/pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	@touch $@
+
+$(VENV)/.core: pyproject.toml $(VENV)/.torch
+	$(BIN)/pip install -q -e .
+	@touch $@
+
+$(VENV)/.dev: pyproject.toml $(VENV)/.torch
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+$(VENV)/.bench: pyproject.toml $(VENV)/.dev
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	@touch $@
+
+setup: $(VENV)/.core
+setup-dev: $(VENV)/.dev
+setup-bench: $(VENV)/.bench
+
+demo: setup
+	$(BIN)/polymodal demo
+
+test: setup-dev
+	$(BIN)/python -m pytest -q
+
+test-all: setup-dev
+	$(BIN)/python -m pytest -q -m ''
+
+bench: setup-bench
+	$(BIN)/python benchmarks/run_all.py
+
+lint: setup-dev
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy src/polymodal
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info

@@ -1,0 +1,5 @@
+"""Modalities, decoders and datasets."""
+
+from polymodal.data.record import MODALITIES, BadRecord, Record
+
+__all__ = ["MODALITIES", "BadRecord", "Record"]
