@@ -1,0 +1,274 @@
+"""Read an image-caption manifest (CSV, JSONL or Parquet) into records, keeping an account of bad rows.
+
+A manifest has one row per pair: an image path (relative to the manifest's folder, or absolute) and a
+caption, plus optional ``label``/``id`` columns and any others, which are carried along in
+``Record.extra``. Rows that cannot be used (missing image, image that does not decode, empty caption,
+text that is not UTF-8) are skipped and listed as :class:`~polymodal.data.record.BadRecord`, so a
+few broken files in a large folder cost a warning, not a crash; ``strict=True`` turns the first bad
+row into an error instead. Mistakes that affect every row (unknown format, wrong column name) always
+raise :class:`~polymodal.errors.DataError` at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from polymodal.data.images import DEFAULT_MAX_PIXELS, load_image
+from polymodal.data.record import BadRecord, Record
+from polymodal.data.splits import DEFAULT_SALT, Split, select_split
+from polymodal.errors import DataError
+
+SUFFIXES: tuple[str, ...] = (".csv", ".jsonl", ".parquet")
+
+
+@dataclass
+class PairsSource:
+    """The usable pairs of a manifest and the rows that were skipped.
+
+    Attributes:
+        manifest: the manifest file, as an absolute path.
+        records: one :class:`Record` per good row: ``image`` is the absolute image path, ``text`` the
+            caption, ``key`` the ``id`` column (or the row number), ``source`` ``"<manifest>:<row>"``.
+        bad: one :class:`BadRecord` per skipped row, naming the image file (or the manifest row).
+    """
+
+    manifest: Path
+    records: list[Record] = field(default_factory=list)
+    bad: list[BadRecord] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def split(
+        self, split: Split, *, val: float = 0.1, test: float = 0.15, salt: str = DEFAULT_SALT
+    ) -> list[Record]:
+        """The records in one split, by :func:`polymodal.data.splits.split_of` of the image path.
+
+        The key is the image path relative to the manifest's folder (POSIX separators), so the split
+        survives moving the whole dataset folder, reordering rows and adding or removing rows.
+
+        Args:
+            split: ``"train"``, ``"val"`` or ``"test"``.
+            val: validation fraction.
+            test: test fraction.
+            salt: hash salt.
+        """
+        root = self.manifest.parent
+        return select_split(
+            self.records, split, key=lambda r: _relative_key(r.image, root), val=val, test=test, salt=salt
+        )
+
+
+def read_pairs(
+    path: str | Path,
+    *,
+    image_col: str = "image",
+    text_col: str = "text",
+    label_col: str = "label",
+    id_col: str = "id",
+    strict: bool = False,
+    check_images: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> PairsSource:
+    """Read image-caption pairs from a ``.csv``, ``.jsonl`` or ``.parquet`` manifest.
+
+    Row numbers (``BadRecord.row``, the ``:<row>`` of ``Record.source``, the default key) count data
+    records from 0: the CSV header and blank JSONL lines are not counted.
+
+    Args:
+        path: the manifest file; its suffix picks the format.
+        image_col: column holding the image path (relative to the manifest's folder, or absolute).
+        text_col: column holding the caption.
+        label_col: column copied to ``Record.label`` where present (optional column).
+        id_col: column used as ``Record.key`` where present (optional); otherwise the row number.
+        strict: raise :class:`DataError` at the first bad row instead of skipping it.
+        check_images: decode each image once with :func:`load_image` to validate it; set ``False``
+            for very large manifests (a missing file is still detected, by a cheap ``stat``).
+        max_pixels: size limit passed to :func:`load_image` when checking images.
+
+    Returns:
+        A :class:`PairsSource` with the good records and the skipped rows.
+
+    Raises:
+        DataError: the manifest is missing, unreadable, of an unknown format, or lacks the image or
+            text column (the message lists the columns found); with ``strict``, any bad row.
+    """
+    manifest = Path(os.path.abspath(path))
+    suffix = manifest.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise DataError(path, f"unknown manifest format {suffix or '(no suffix)'!r}; use one of {', '.join(SUFFIXES)}")
+    if not manifest.is_file():
+        raise DataError(path, "manifest not found" if not manifest.exists() else "manifest is not a file")
+
+    reader = {".csv": _read_csv, ".jsonl": _read_jsonl, ".parquet": _read_parquet}[suffix]
+    columns, rows = reader(manifest)
+    missing = [c for c in (image_col, text_col) if c not in columns]
+    if missing:
+        found = ", ".join(columns) if columns else "(none)"
+        raise DataError(path, f"no column {missing[0]!r}; columns found: {found}")
+
+    out = PairsSource(manifest=manifest)
+    root = manifest.parent
+    special = {image_col, text_col, label_col, id_col}
+    for i, row in rows:
+        source = f"{manifest}:{i}"
+        record_or_bad = _row_to_record(
+            row, i, source, root, image_col=image_col, text_col=text_col, label_col=label_col,
+            id_col=id_col, special=special, check_images=check_images, max_pixels=max_pixels,
+        )
+        if isinstance(record_or_bad, BadRecord):
+            if strict:
+                raise DataError(record_or_bad.source, f"{record_or_bad.problem} (row {i} of {manifest.name})")
+            out.bad.append(record_or_bad)
+        else:
+            out.records.append(record_or_bad)
+    return out
+
+
+# --- one row -------------------------------------------------------------------------------------
+
+
+def _row_to_record(
+    row: dict[str, Any] | str,
+    i: int,
+    source: str,
+    root: Path,
+    *,
+    image_col: str,
+    text_col: str,
+    label_col: str,
+    id_col: str,
+    special: set[str],
+    check_images: bool,
+    max_pixels: int,
+) -> Record | BadRecord:
+    """Validate one row; a string ``row`` is a problem the reader already found (bad JSON, bad bytes)."""
+    if isinstance(row, str):
+        return BadRecord(source=source, row=i, problem=row)
+
+    for col, value in row.items():
+        if col != image_col and isinstance(value, str) and _has_undecodable(value):
+            return BadRecord(source=source, row=i, problem=f"column {col!r} is not valid UTF-8")
+
+    raw_path = row.get(image_col)
+    if isinstance(raw_path, bytes):  # Parquet binary column
+        raw_path = os.fsdecode(raw_path)
+    if not isinstance(raw_path, str) or not raw_path.strip():
+        return BadRecord(source=source, row=i, problem=f"empty image path (column {image_col!r})")
+    image = Path(os.path.normpath(root / raw_path.strip()))  # absolute paths stay as they are
+
+    text = row.get(text_col)
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            return BadRecord(source=source, row=i, problem=f"column {text_col!r} is not valid UTF-8")
+    if not isinstance(text, str) or not text.strip():
+        return BadRecord(source=source, row=i, problem="empty caption")
+
+    if check_images:
+        try:
+            load_image(image, max_pixels=max_pixels)
+        except DataError as e:
+            return BadRecord(source=str(image), row=i, problem=e.problem)
+    elif not image.is_file():
+        return BadRecord(source=str(image), row=i, problem="file not found")
+
+    key = row.get(id_col)
+    return Record(
+        image=image,
+        text=text,
+        label=row.get(label_col),
+        key=str(key) if key is not None and str(key) != "" else str(i),
+        source=source,
+        extra={k: v for k, v in row.items() if k not in special},
+    )
+
+
+def _has_undecodable(value: str) -> bool:
+    """True where text carries lone surrogates: bytes that were not UTF-8 (read with surrogateescape)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _relative_key(image: Path, root: Path) -> str:
+    try:
+        return Path(os.path.relpath(image, root)).as_posix()
+    except ValueError:  # another drive on Windows
+        return Path(image).as_posix()
+
+
+# --- one reader per format: each returns (columns, iterator of (row number, row or problem)) -------
+
+Rows = Iterator[tuple[int, "dict[str, Any] | str"]]
+
+
+def _read_csv(manifest: Path) -> tuple[list[str], Rows]:
+    # surrogateescape keeps going past non-UTF-8 bytes, so one bad row does not sink the file;
+    # utf-8-sig drops the byte-order mark that spreadsheet programs write.
+    try:
+        f = open(manifest, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    except OSError as e:
+        raise DataError(manifest, f"cannot read manifest ({e.strerror or e})") from None
+    with f:
+        try:
+            reader = csv.DictReader(f)
+            columns = list(reader.fieldnames or [])
+            rows = [{k: v for k, v in row.items() if k is not None} for row in reader]
+        except csv.Error as e:
+            raise DataError(manifest, f"not a valid CSV file ({e})") from None
+    if not columns:
+        raise DataError(manifest, "empty manifest (no header row)")
+    return columns, iter(enumerate(rows))
+
+
+def _read_jsonl(manifest: Path) -> tuple[list[str], Rows]:
+    try:
+        data = manifest.read_bytes()
+    except OSError as e:
+        raise DataError(manifest, f"cannot read manifest ({e.strerror or e})") from None
+    columns: dict[str, None] = {}  # insertion-ordered set: the order keys first appear in
+    rows: list[dict[str, Any] | str] = []
+    for line in data.splitlines():
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            rows.append("line is not valid UTF-8")
+            continue
+        except json.JSONDecodeError as e:
+            rows.append(f"not valid JSON ({e.msg})")
+            continue
+        if not isinstance(obj, dict):
+            rows.append(f"not a JSON object (got {type(obj).__name__})")
+            continue
+        columns.update(dict.fromkeys(obj))
+        rows.append(obj)
+    return list(columns), iter(enumerate(rows))
+
+
+def _read_parquet(manifest: Path) -> tuple[list[str], Rows]:
+    try:
+        import pyarrow.parquet as pq  # optional dependency, only needed for this format
+    except ImportError:
+        raise DataError(
+            manifest, "reading .parquet needs pyarrow: pip install 'polymodal[parquet]' (or pyarrow)"
+        ) from None
+    try:
+        table = pq.read_table(manifest)
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for damaged files
+        raise DataError(manifest, f"not a valid Parquet file ({str(e).splitlines()[0][:120]})") from None
+    columns = list(table.column_names)
+    data = {c: table.column(c).to_pylist() for c in columns}
+    rows = [{c: data[c][i] for c in columns} for i in range(table.num_rows)]
+    return columns, iter(enumerate(rows))
