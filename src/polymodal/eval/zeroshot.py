@@ -1,0 +1,202 @@
+"""Zero-shot classification from a joint embedding space, defined as in CLIP_benchmark (LAION).
+
+A class is represented by the text tower's embedding of prompts that name it. With several prompts
+(templates) per class, CLIP (Radford et al., 2021, sec. 3.1.4) averages their L2-normalised embeddings
+and re-normalises the mean ("prompt ensembling"); an image is assigned the class of highest cosine
+similarity. Metrics are top-k accuracy and mean per-class recall (balanced accuracy), the latter being
+what CLIP_benchmark reports for imbalanced test sets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from polymodal.errors import ConfigError, ShapeError
+from polymodal.eval._inputs import as_labels, as_matrix
+
+CLASS_PLACEHOLDER = "{c}"  # where a template takes the class text, as in CLIP_benchmark's templates
+
+
+def fill_template(template: str, classname: str) -> str:
+    """Put ``classname`` where ``template`` says ``{c}``.
+
+    Plain replacement rather than ``str.format``, so that other braces in a template stay as written.
+
+    Args:
+        template: A prompt such as ``"an emoji of {c}."``.
+        classname: The class text to insert.
+    """
+    return template.replace(CLASS_PLACEHOLDER, classname)
+
+
+def _class_prompts(
+    classnames: Sequence[str], templates: Sequence[str] | dict[str, Sequence[str]]
+) -> list[list[str]]:
+    """The list of prompt texts of each class, in ``classnames`` order."""
+    if isinstance(templates, dict):
+        missing = [c for c in classnames if c not in templates]
+        if missing:
+            raise ConfigError(f"templates: no prompts for class(es) {missing[:5]}")
+        prompts = [[fill_template(t, c) for t in templates[c]] for c in classnames]
+        empty = [c for c, p in zip(classnames, prompts, strict=True) if not p]
+        if empty:
+            raise ConfigError(f"templates: empty prompt list for class(es) {empty[:5]}")
+        return prompts
+    if isinstance(templates, str) or not templates:
+        raise ConfigError("templates: expected a non-empty list of strings or a dict classname -> prompts")
+    # Shared templates must each name the class, or every class would get the same embedding.
+    unnamed = [t for t in templates if CLASS_PLACEHOLDER not in t]
+    if unnamed:
+        raise ConfigError(f"templates: {unnamed[0]!r} has no '{CLASS_PLACEHOLDER}' placeholder for the class")
+    return [[fill_template(t, c) for t in templates] for c in classnames]
+
+
+@torch.no_grad()
+def build_zeroshot_classifier(
+    encode_text: Callable[[list[str]], torch.Tensor],
+    classnames: list[str],
+    templates: list[str] | dict[str, list[str]],
+) -> torch.Tensor:
+    """Build the zero-shot classifier: one unit-norm prompt-ensemble embedding per class.
+
+    For class ``c`` with prompts ``p_1..p_m``: ``w_c = normalize(mean_j normalize(f(p_j)))`` where ``f`` is
+    the text tower (CLIP, sec. 3.1.4).
+
+    Args:
+        encode_text: Maps a list of texts to their embeddings, shape (len(texts), D).
+        classnames: The class texts, in label order (label ``i`` is ``classnames[i]``).
+        templates: Either prompts shared by all classes, each with a ``{c}`` placeholder, or a dict from
+            class name to its own list of prompts (``{c}`` optional), so label text can be designed.
+
+    Returns:
+        The classifier matrix, shape (D, C), columns L2-normalised.
+    """
+    if not classnames:
+        raise ConfigError("classnames: expected at least one class")
+    if len(set(classnames)) != len(classnames):
+        raise ConfigError("classnames: contains duplicates")
+    columns = []
+    for classname, prompts in zip(classnames, _class_prompts(classnames, templates), strict=True):
+        emb = torch.as_tensor(encode_text(list(prompts))).detach().float().cpu()
+        if emb.ndim != 2 or emb.shape[0] != len(prompts):
+            raise ShapeError(
+                f"encode_text: expected shape ({len(prompts)}, D) for class {classname!r}, got {tuple(emb.shape)}"
+            )
+        mean = F.normalize(emb, dim=-1).mean(dim=0)  # (D,)
+        columns.append(F.normalize(mean, dim=0))
+    return torch.stack(columns, dim=1)  # (D, C)
+
+
+def zeroshot_classify(
+    image_emb: torch.Tensor | np.ndarray, classifier: torch.Tensor | np.ndarray, *, logit_scale: float = 100.0
+) -> torch.Tensor:
+    """Score every image against every class: scaled cosine similarity.
+
+    Args:
+        image_emb: Image embeddings, shape (N, D); L2-normalised here.
+        classifier: The output of :func:`build_zeroshot_classifier`, shape (D, C).
+        logit_scale: Multiplier of the cosine similarities (CLIP's learned temperature ends near 100);
+            it does not change rankings or accuracies, only softmax probabilities.
+
+    Returns:
+        Logits, shape (N, C).
+    """
+    x = F.normalize(as_matrix(image_emb, name="image_emb"), dim=-1)  # (N, D)
+    w = as_matrix(classifier, name="classifier")  # (D, C)
+    if x.shape[1] != w.shape[0]:
+        raise ShapeError(
+            f"classifier: expected shape ({x.shape[1]}, C) to match image_emb dim, got {tuple(w.shape)}"
+        )
+    return logit_scale * (x @ w)  # (N, C)
+
+
+@dataclass
+class ClassificationMetrics:
+    """Accuracy figures of a classifier on one test set.
+
+    ``top5`` (and any ``topk[k]``) uses ``min(k, C)`` guesses, so with fewer than 5 classes it is 1.0.
+    The confusion matrix has true classes in rows and predicted (top-1) classes in columns.
+    """
+
+    top1: float
+    top5: float
+    mean_per_class_recall: float  # mean over classes present in targets of (correct / support)
+    num_samples: int
+    num_classes: int
+    confusion_matrix: np.ndarray  # (C, C) int64, rows true, columns predicted
+    topk: dict[int, float] = field(default_factory=dict)  # every requested k -> top-k accuracy
+
+    @property
+    def confusion(self) -> np.ndarray:
+        """The confusion matrix (C, C); short name for ``confusion_matrix``."""
+        return self.confusion_matrix
+
+    def to_dict(self) -> dict[str, Any]:
+        """Scalar metrics as a flat dict (``top1``, ``top5``, ``top{k}``, ``mean_per_class_recall``, counts).
+
+        The confusion matrix is left out: it is an array, not a number for a metrics table.
+        """
+        out: dict[str, Any] = {"top1": self.top1, "top5": self.top5}
+        for k, v in sorted(self.topk.items()):
+            out.setdefault(f"top{k}", v)
+        out["mean_per_class_recall"] = self.mean_per_class_recall
+        out["num_samples"] = self.num_samples
+        out["num_classes"] = self.num_classes
+        return out
+
+
+def classification_metrics(
+    logits: torch.Tensor | np.ndarray,
+    targets: torch.Tensor | np.ndarray | Sequence[int],
+    *,
+    topk: Sequence[int] = (1, 5),
+) -> ClassificationMetrics:
+    """Top-k accuracy, mean per-class recall and confusion matrix from class scores.
+
+    Args:
+        logits: Class scores, shape (N, C); higher is more likely.
+        targets: True class indices in ``[0, C)``, shape (N,).
+        topk: The k of top-k accuracy to report; ``1`` and ``5`` are always computed, and each k is
+            clipped to C.
+
+    Returns:
+        A :class:`ClassificationMetrics`.
+    """
+    scores = as_matrix(logits, name="logits")  # (N, C)
+    n, c = scores.shape
+    if n == 0 or c == 0:
+        raise ShapeError(f"logits: expected at least one sample and one class, got shape {(n, c)}")
+    y = as_labels(targets, name="targets", length=n, num_classes=c)
+    if any(int(k) < 1 for k in topk):
+        raise ConfigError(f"topk: every k must be >= 1, got {tuple(topk)}")
+    ks = sorted({1, 5, *(int(k) for k in topk)})
+
+    # Ranked predictions once, with the largest k; prefixes give the smaller k.
+    ranked = scores.topk(min(max(ks), c), dim=1).indices  # (N, kmax)
+    hit = ranked == y[:, None]  # (N, kmax)
+    acc = {k: hit[:, : min(k, c)].any(dim=1).float().mean().item() for k in ks}
+
+    pred = ranked[:, 0]
+    cm = torch.zeros(c * c, dtype=torch.int64)
+    cm.index_add_(0, y * c + pred, torch.ones(n, dtype=torch.int64))
+    cm = cm.view(c, c).numpy()  # (C true, C predicted)
+    support = cm.sum(axis=1)
+    present = support > 0
+    # Balanced accuracy (sklearn.metrics.balanced_accuracy_score): classes absent from targets have no
+    # recall and are left out of the mean, as in CLIP_benchmark.
+    mpcr = float((np.diag(cm)[present] / support[present]).mean())
+    return ClassificationMetrics(
+        top1=acc[1],
+        top5=acc[5],
+        mean_per_class_recall=mpcr,
+        num_samples=n,
+        num_classes=c,
+        confusion_matrix=cm,
+        topk={k: acc[k] for k in sorted({int(k) for k in topk})},
+    )
