@@ -1,0 +1,107 @@
+"""Image-text pairs for the aligner, from the built-in OpenMoji set or a user's manifest.
+
+A source is ``builtin:openmoji`` or a path to a ``.csv``/``.jsonl``/``.parquet`` manifest with ``image`` and
+``text`` columns (image paths relative to the manifest). Rows that cannot be used are skipped, counted and
+kept in ``PairSet.bad`` so the run's report can name them; ``strict=True`` makes the first one an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from polymodal.data.captions import caption_variants
+from polymodal.data.images import load_image
+from polymodal.data.record import BadRecord
+from polymodal.errors import ConfigError, DataError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class PairSet:
+    """Images, their caption variants (the first is the plain caption used for evaluation) and labels."""
+
+    name: str
+    images: list[Image.Image]
+    captions: list[list[str]]
+    keys: list[str]
+    labels: dict[str, list[str]] = field(default_factory=dict)  # label kind -> one label per image
+    bad: list[BadRecord] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def texts(self) -> list[str]:
+        """One caption per image, the plain one."""
+        return [c[0] for c in self.captions]
+
+
+def _openmoji(split: str | None) -> PairSet:
+    from polymodal.data.openmoji import OPENMOJI_GROUPS, load_openmoji, openmoji_subgroups
+
+    # Tags that spell a group or subgroup name are dropped: those names are zero-shot targets.
+    banned = {n.lower().replace("-", " ") for n in (*OPENMOJI_GROUPS, *openmoji_subgroups())}
+    records = load_openmoji(split)
+    return PairSet(
+        name=f"openmoji:{split or 'all'}",
+        images=[r.image for r in records],
+        captions=[caption_variants(r.text, r.extra["tags"], banned=banned) for r in records],
+        keys=[r.key for r in records],
+        labels={"group": [r.extra["group"] for r in records], "subgroup": [r.extra["subgroup"] for r in records]},
+    )
+
+
+def _manifest(path: Path, split: str | None, *, strict: bool, max_pixels: int) -> PairSet:
+    from polymodal.data.manifest import read_pairs
+    from polymodal.data.splits import split_of
+
+    source = read_pairs(path, strict=strict, check_images=False)
+    bad = list(source.bad)
+    images, captions, keys, labels = [], [], [], []
+    has_split = any("split" in r.extra for r in source.records)
+    for r in source.records:
+        s = r.extra.get("split") if has_split else split_of(str(r.image))
+        if split is not None and s != split:
+            continue
+        try:
+            img = load_image(r.image, max_pixels=max_pixels)
+        except DataError as e:
+            if strict:
+                raise
+            bad.append(BadRecord(source=str(r.image), problem=e.problem, row=_row(r.source)))
+            continue
+        images.append(img)
+        captions.append(caption_variants(r.text or "", [], n_tag_variants=0)[:1])
+        keys.append(r.key)
+        labels.append("" if r.label is None else str(r.label))
+    return PairSet(
+        name=f"{path.name}:{split or 'all'}",
+        images=images,
+        captions=captions,
+        keys=keys,
+        labels={"label": labels} if any(labels) else {},
+        bad=bad,
+    )
+
+
+def _row(source: str) -> int | None:
+    tail = source.rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+def load_pairs(source: str, split: str | None = None, *, strict: bool = False, max_pixels: int = 64_000_000) -> PairSet:
+    """Load the pairs of one split (``train``/``val``/``test``, or ``None`` for all)."""
+    if split is not None and split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if source == "builtin:openmoji":
+        return _openmoji(split)
+    if source.startswith("builtin:"):
+        raise ConfigError(f"unknown built-in dataset {source!r}; available: builtin:openmoji")
+    path = Path(source)
+    if not path.exists():
+        raise DataError(path, "no such manifest file")
+    return _manifest(path, split, strict=strict, max_pixels=max_pixels)

@@ -1,0 +1,138 @@
+"""Evaluate an aligner on a PairSet with CLIP_benchmark's definitions, next to its baselines.
+
+Metrics: image→text and text→image Recall@1/5/10; zero-shot classification from label text with template
+ensembling (top-1, top-5, mean per-class recall) for each label kind; a linear probe on frozen image
+embeddings. Baselines: majority class and chance, and the same model with untrained heads (the raw towers
+with no training), so a reader sees what training bought.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from polymodal.data.pairs import PairSet
+from polymodal.eval.baselines import classification_baselines, retrieval_baselines
+from polymodal.eval.linear_probe import linear_probe
+from polymodal.eval.retrieval import retrieval_metrics
+from polymodal.eval.templates import EMOJI_TEMPLATES
+from polymodal.eval.zeroshot import build_zeroshot_classifier, classification_metrics, zeroshot_classify
+from polymodal.models.aligner import Aligner
+from polymodal.train.feature_cache import FeatureCache
+from polymodal.train.trunk_features import image_trunk_features
+
+LabelText = Callable[[str, str], str]  # (label kind, class name) -> label text
+
+
+def default_label_text(kind: str, name: str) -> str:
+    from polymodal.data.openmoji_labels import group_text, subgroup_text
+
+    if kind == "group":
+        return group_text(name)
+    if kind == "subgroup":
+        return subgroup_text(name)
+    return name.replace("-", " ").replace("_", " ")
+
+
+@dataclass
+class AlignerEvaluation:
+    metrics: dict[str, float]
+    baselines: dict[str, dict[str, float]]  # baseline name -> metric -> value
+    confusion: dict[str, tuple[list[str], np.ndarray]] = field(default_factory=dict)  # kind -> (classes, cm)
+    image_emb: Tensor | None = None
+    text_emb: Tensor | None = None
+
+
+@torch.no_grad()
+def embed_pairs(model: Aligner, pairs: PairSet, *, cache: FeatureCache, progress: bool = False) -> tuple[Tensor, Tensor]:
+    """L2-normalised image embeddings (clean view) and plain-caption text embeddings."""
+    model.eval()
+    trunk = image_trunk_features(model, pairs.images, view=0, cache=cache, progress=progress, desc=f"{pairs.name} images")
+    img = torch.cat([model.image_features(trunk[i : i + 256]) for i in range(0, len(trunk), 256)])
+    return img, model.encode_text(pairs.texts)
+
+
+@torch.no_grad()
+def _raw_image_features(model: Aligner, pairs: PairSet, cache: FeatureCache) -> Tensor:
+    trunk = image_trunk_features(model, pairs.images, view=0, cache=cache, progress=False)
+    return torch.cat([model.image_top(trunk[i : i + 256]) for i in range(0, len(trunk), 256)])
+
+
+@torch.no_grad()
+def evaluate_aligner(
+    model: Aligner,
+    test: PairSet,
+    *,
+    cache: FeatureCache,
+    train: PairSet | None = None,
+    val: PairSet | None = None,
+    untrained: Aligner | None = None,
+    label_text: LabelText = default_label_text,
+    templates: tuple[str, ...] = EMOJI_TEMPLATES,
+    probe: bool = True,
+    probe_cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0),
+    progress: bool = False,
+) -> AlignerEvaluation:
+    """All metrics of ``model`` on ``test``; ``train``/``val`` feed the probe and the majority baseline."""
+    img, txt = embed_pairs(model, test, cache=cache, progress=progress)
+    owner = torch.arange(len(test))
+    metrics: dict[str, float] = dict(retrieval_metrics(img, txt, owner))
+    baselines: dict[str, dict[str, float]] = {}
+    for name, vals in retrieval_baselines(owner, len(test)).items():
+        baselines.setdefault(name, {}).update(vals)
+    confusion: dict[str, tuple[list[str], np.ndarray]] = {}
+
+    probe_kind = next(iter(test.labels), None)  # one probe, on the first (coarsest) label kind
+    for kind, labels in test.labels.items():
+        classes = sorted(set(labels) | set(train.labels.get(kind, []) if train else []))
+        index = {c: i for i, c in enumerate(classes)}
+        y = torch.tensor([index[c] for c in labels])
+        texts = [label_text(kind, c) for c in classes]
+        if len(set(texts)) != len(texts):  # two classes with the same text: keep them apart by name
+            texts = [f"{t} ({c})" if texts.count(t) > 1 else t for t, c in zip(texts, classes)]
+        clf = build_zeroshot_classifier(lambda t: model.encode_text(t), texts, list(templates))
+        cm = classification_metrics(zeroshot_classify(img, clf), y)
+        for k, v in cm.to_dict().items():
+            if isinstance(v, (int, float)) and k not in ("num_classes", "num_samples"):
+                metrics[f"zeroshot_{kind}/{k}"] = float(v)
+        confusion[kind] = (classes, cm.confusion)
+        ytrain = [index[c] for c in train.labels[kind]] if train and kind in train.labels else y.tolist()
+        for name, vals in classification_baselines(ytrain, y, len(classes), prefix=f"zeroshot_{kind}/").items():
+            baselines.setdefault(name, {}).update(vals)
+
+        if probe and kind == probe_kind and train is not None and val is not None and kind in train.labels:
+            tr_y = [index[c] for c in train.labels[kind]]
+            va_y = [index.get(c, -1) for c in val.labels[kind]]
+            keep = [i for i, c in enumerate(va_y) if c >= 0]
+            tr_x, _ = embed_pairs(model, train, cache=cache)
+            va_x, _ = embed_pairs(model, val, cache=cache)
+            res = linear_probe(tr_x, tr_y, va_x[keep], [va_y[i] for i in keep], img, y, Cs=probe_cs)
+            metrics[f"probe_{kind}/accuracy"] = res.accuracy
+            metrics[f"probe_{kind}/mean_per_class_recall"] = res.mean_per_class_recall
+            raw = linear_probe(_raw_image_features(model, train, cache), tr_y,
+                               _raw_image_features(model, val, cache)[keep], [va_y[i] for i in keep],
+                               _raw_image_features(model, test, cache), y, Cs=probe_cs)
+            baselines.setdefault("raw towers", {}).update({
+                f"probe_{kind}/accuracy": raw.accuracy,
+                f"probe_{kind}/mean_per_class_recall": raw.mean_per_class_recall,
+            })
+            maj = classification_baselines(tr_y, y, len(classes))["majority"]
+            baselines.setdefault("majority", {})[f"probe_{kind}/accuracy"] = maj["top1"]
+
+    if untrained is not None:
+        base = evaluate_aligner(untrained, test, cache=cache, label_text=label_text, templates=templates, probe=False)
+        baselines.setdefault("raw towers", {}).update(
+            {k: v for k, v in base.metrics.items() if not k.startswith("probe_")}
+        )
+    return AlignerEvaluation(metrics, baselines, confusion, img, txt)
+
+
+def summary(metrics: dict[str, Any]) -> dict[str, float]:
+    """The headline numbers."""
+    keys = ["text_retrieval_recall@1", "image_retrieval_recall@1", "zeroshot_group/top1", "zeroshot_subgroup/top1"]
+    return {k: metrics[k] for k in keys if k in metrics}

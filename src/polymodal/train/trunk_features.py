@@ -1,0 +1,101 @@
+"""Frozen-trunk features of a PairSet, computed once per (trunk, view, content) and cached.
+
+The image trunk of view ``v`` sees ``augmented_view(image, v)``; view 0 is the clean image used for
+validation and evaluation. Text trunks are cached per caption string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from polymodal.data.augment import augmented_view
+from polymodal.models.aligner import Aligner, TextTrunk  # Aligner: any dual encoder with the trunk protocol
+from polymodal.train.feature_cache import FeatureCache, image_content_hash, namespace_id, text_content_hash
+
+
+def _compact(t: Tensor) -> Tensor:
+    """Float activations are stored as float16 (half the disk and memory); token ids stay integers."""
+    return t.to(torch.float16) if t.is_floating_point() else t
+
+
+def _expand(t: Tensor) -> Tensor:
+    return t.float() if t.is_floating_point() else t
+
+
+@torch.no_grad()
+def image_trunk_features(
+    model: Aligner,
+    images: Sequence[Image.Image],
+    *,
+    view: int,
+    cache: FeatureCache,
+    keys: Sequence[str] | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+    desc: str = "image features",
+) -> Tensor:
+    """(N, ...) trunk outputs of one view, stored as float16 and returned as float32."""
+    hashes = [image_content_hash(img) for img in images]
+    aug_keys = list(keys) if keys is not None else hashes
+    ns = namespace_id(model.image_trunk_id, f"view={view}")
+    _, missing = cache.get(ns, hashes)
+    model.eval()
+    with tqdm(total=len(missing), desc=f"{desc} (view {view})", disable=not progress or not missing, leave=False) as bar:
+        for i in range(0, len(missing), batch_size):
+            idx = missing[i : i + batch_size]
+            batch = [augmented_view(images[j], view, key=aug_keys[j]) for j in idx]
+            out = _compact(model.image_trunk(model.preprocess(batch)))
+            cache.put(ns, {hashes[j]: out[n] for n, j in enumerate(idx)})
+            bar.update(len(idx))
+    return _expand(cache.stack(ns, hashes))
+
+
+@torch.no_grad()
+def text_trunk_features(
+    model: Aligner,
+    texts: Sequence[str],
+    *,
+    cache: FeatureCache,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> list[Tensor]:
+    """Per text: the pooled (D,) trunk output when the text tower is locked, else (T_i, D) hidden states."""
+    hashes = [text_content_hash(t) for t in texts]
+    ns = namespace_id(model.text_trunk_id)
+    _, missing = cache.get(ns, hashes)
+    model.eval()
+    with tqdm(total=len(missing), desc="text features", disable=not progress or not missing, leave=False) as bar:
+        for i in range(0, len(missing), batch_size):
+            idx = missing[i : i + batch_size]
+            tokens = model.tokenize([texts[j] for j in idx])
+            trunk = model.text_trunk(tokens)
+            items = {}
+            for n, j in enumerate(idx):
+                if trunk.mask is None:
+                    items[hashes[j]] = _compact(trunk.hidden[n])
+                else:
+                    length = int(trunk.mask[n].sum())
+                    items[hashes[j]] = _compact(trunk.hidden[n, :length])
+            cache.put(ns, items)
+            bar.update(len(idx))
+    entries, _ = cache.get(ns, hashes)
+    return [_expand(entries[h]) for h in hashes]
+
+
+def collate_text_trunks(items: Sequence[Tensor]) -> TextTrunk:
+    """Stack pooled trunks (D,), or right-pad per-token trunks — hidden states (T_i, D) or token ids
+    (T_i,) — into a batch with an attention mask."""
+    if items[0].dim() == 1 and items[0].is_floating_point():
+        return TextTrunk(torch.stack(list(items)), None)
+    length = max(t.shape[0] for t in items)
+    hidden = items[0].new_zeros(len(items), length, *items[0].shape[1:])
+    mask = torch.zeros(len(items), length, dtype=torch.long)
+    for i, t in enumerate(items):
+        hidden[i, : t.shape[0]] = t
+        mask[i, : t.shape[0]] = 1
+    return TextTrunk(hidden, mask)
