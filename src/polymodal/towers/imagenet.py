@@ -1,0 +1,80 @@
+"""ImageNet-1k class names and a top-5 helper for the pretrained image tower.
+
+The names (WordNet lemmas of the 1000 ILSVRC-2012 synsets, in the standard sorted-synset index order)
+are vendored in ``assets/imagenet_classes.txt``; see ``assets/IMAGENET_CLASSES_NOTICE.md`` for their
+origin and licence. ``IMAGENET_CLASSES`` is read on first access (PEP 562 module ``__getattr__``), so
+importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from polymodal.towers.efficientnet import EfficientNetLite0
+from polymodal.towers.preprocess import image_to_tensor
+
+NUM_CLASSES = 1000
+
+
+@dataclass(frozen=True)
+class ImageNetClass:
+    """One ImageNet-1k class.
+
+    Args:
+        synset: WordNet id, e.g. ``n03877845``.
+        name: Comma-separated lemmas, e.g. ``palace``.
+    """
+
+    synset: str
+    name: str
+
+
+@functools.cache
+def imagenet_class_table() -> tuple[ImageNetClass, ...]:
+    """The 1000 classes in logit order, read once from the vendored asset."""
+    text = (importlib.resources.files("polymodal.towers") / "assets" / "imagenet_classes.txt").read_text(
+        encoding="utf-8"
+    )
+    rows = [line.split("\t", 1) for line in text.splitlines() if line.strip()]
+    table = tuple(ImageNetClass(synset, name) for synset, name in rows)
+    if len(table) != NUM_CLASSES:  # a packaging error, not user input
+        raise RuntimeError(f"imagenet_classes.txt: expected {NUM_CLASSES} rows, found {len(table)}")
+    return table
+
+
+def __getattr__(name: str) -> list[str]:
+    if name == "IMAGENET_CLASSES":
+        return [c.name for c in imagenet_class_table()]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def imagenet_top5(model: EfficientNetLite0, img: Image.Image) -> list[tuple[str, float]]:
+    """The five most probable ImageNet classes of one image.
+
+    The model is run in eval mode (dropout off) and put back in its previous mode afterwards.
+
+    Args:
+        model: A tower with 1000 ImageNet logits, e.g. ``EfficientNetLite0.pretrained()``.
+        img: Any PIL image; preprocessed with ``image_to_tensor``.
+
+    Returns:
+        (class name, softmax probability) pairs, most probable first.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            logits = model(image_to_tensor(img).unsqueeze(0))[0]  # (1000,)
+    finally:
+        model.train(was_training)
+    probs = logits.softmax(dim=-1)
+    top = probs.topk(5)
+    classes = imagenet_class_table()
+    return [
+        (classes[i].name, float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+    ]
