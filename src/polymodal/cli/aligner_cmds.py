@@ -122,11 +122,20 @@ def zeroshot(model_dir, labels, images, as_json):
 
 @click.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--images", multiple=True, type=click.Path(), help="image files (repeat, or give a folder)")
+@click.option("--images", "images_mode", is_flag=True, help="embed the image files (or folders) given as arguments")
+@click.argument("images", nargs=-1, type=click.Path())
 @click.option("--texts", type=click.Path(exists=True, dir_okay=False), help="a file with one text per line")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="output .npy, (N, D) float32")
-def embed(model_dir, images, texts, out):
-    """Embed images or texts: an (N, D) float32 array of L2-normalised rows in input order."""
+def embed(model_dir, images_mode, images, texts, out):
+    """Embed images or texts: an (N, D) float32 array of L2-normalised rows in input order.
+
+    polymodal embed --model DIR --images a.png b.png photos/ --out img.npy
+    polymodal embed --model DIR --texts captions.txt --out txt.npy
+    """
+    if images_mode and not images:
+        raise click.UsageError("--images needs at least one image file or folder")
+    if images and not images_mode:
+        raise click.UsageError("image paths given without --images")
     from polymodal.embed import embed_images, embed_texts, image_paths
     from polymodal.models.io import load
 

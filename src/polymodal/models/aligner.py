@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from polymodal.errors import ConfigError
 from polymodal.models.heads import ProjectionHead
 from polymodal.towers.efficientnet import EfficientNetLite0
+from polymodal.towers.efficientnet_runner import EfficientNetLite0Runner
 from polymodal.towers.minilm import MiniLMTextTower, TokenBatch
 from polymodal.towers.preprocess import images_to_tensor, preprocess_id
 
@@ -144,12 +145,19 @@ class Aligner(nn.Module):
     def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
         return images_to_tensor(list(images), size=self.config.image_size)
 
+    def _runner(self) -> EfficientNetLite0Runner:
+        # The fused inference runner snapshots the frozen trunk's weights once (BN folded, oneDNN
+        # kernels): it computes the same activations 2-4x faster than eager PyTorch on a CPU.
+        if getattr(self, "_trunk_runner", None) is None:
+            self._trunk_runner = EfficientNetLite0Runner(self.image_tower, image_size=self.config.image_size)
+        return self._trunk_runner
+
     @torch.no_grad()
     def image_trunk(self, x: Tensor) -> Tensor:
         """Frozen part: (B, 3, H, W) -> (B, 1280) pooled when locked, else (B, C, h, w) block activations."""
         if self.config.unlock_image == 0:
-            return self.image_tower.embed(x)
-        return self.image_tower.stem_and_blocks(x, end=self.image_split)
+            return self._runner().embed(x)
+        return self._runner().stem_and_blocks(x, end=self.image_split)
 
     def image_top(self, h: Tensor) -> Tensor:
         """Trainable part of the image tower: trunk output -> (B, 1280) pooled features."""

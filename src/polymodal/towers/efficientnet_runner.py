@@ -208,6 +208,16 @@ class EfficientNetLite0Runner:
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         return self._features(x).mean(dim=(2, 3))  # (b, 1280)
 
+    def _trunk(self, x: torch.Tensor, end: int) -> torch.Tensor:
+        x = self._stem(x.contiguous(memory_format=torch.channels_last))
+        for blk in self._blocks[:end]:
+            inputs = x
+            if blk.expand is not None:
+                x = blk.expand(x)
+            x = blk.depthwise(x)
+            x = blk.project(x, inputs if blk.skip else None)
+        return x.contiguous()  # (b, C, h, w), standard layout for callers that cache it
+
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self._embed(x), self._fc_weight, self._fc_bias)  # (b, num_classes)
 
@@ -231,6 +241,13 @@ class EfficientNetLite0Runner:
         if x.shape[0] == 0:
             return x.new_empty(0, EfficientNetLite0.feature_dim, -(-x.shape[2] // 32), -(-x.shape[3] // 32))
         return self._map(self._features, x)
+
+    def stem_and_blocks(self, x: torch.Tensor, *, end: int) -> torch.Tensor:
+        """Activations after the stem and blocks[0:end], as ``EfficientNetLite0.stem_and_blocks``."""
+        self._check(x)
+        if not 0 <= end <= len(self._blocks):
+            raise ConfigError(f"end: must be in 0..{len(self._blocks)}, got {end}")
+        return self._map(lambda chunk: self._trunk(chunk, end), x)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Global-average-pooled features (B, 1280)."""

@@ -1,0 +1,246 @@
+"""The aligner end to end: model, cached trunks, training, checkpoints, resume, CLI and bad input."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import polymodal
+from polymodal.cli.main import main
+from polymodal.data.openmoji import load_openmoji
+from polymodal.data.pairs import load_pairs
+from polymodal.errors import CheckpointError, ConfigError
+from polymodal.models.aligner import Aligner, AlignerConfig
+from polymodal.models.io import save_model
+from polymodal.train.feature_cache import FeatureCache
+from polymodal.train.fit import DualEncoderTrainer, TrainConfig
+from polymodal.train.trunk_features import image_trunk_features
+
+SMALL = AlignerConfig(unlock_image=1, unlock_text=1, image_size=64)
+
+
+@pytest.fixture(scope="module")
+def model() -> Aligner:
+    return Aligner(SMALL)
+
+
+@pytest.fixture(scope="module")
+def emoji() -> list:
+    return load_openmoji("train")[:40]
+
+
+def _bomb_png(path: Path, width: int = 40000, height: int = 40000) -> None:
+    """A tiny valid PNG whose header claims width x height: a decompression bomb's signature."""
+    buf = Path(path)
+    Image.new("1", (8, 8)).save(buf)
+    d = bytearray(buf.read_bytes())
+    d[16:24] = struct.pack(">II", width, height)
+    d[29:33] = struct.pack(">I", zlib.crc32(bytes(d[12:29])))
+    buf.write_bytes(bytes(d))
+
+
+def _manifest(tmp: Path, emoji: list, *, bad: bool) -> Path:
+    """A CSV of OpenMoji pairs in a folder, optionally with one row of every kind of bad input."""
+    img_dir = tmp / "img"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, r in enumerate(emoji):
+        p = img_dir / f"{r.key}.png"
+        im = r.image
+        # Odd but valid formats that must train: RGBA, palette, grayscale, 16-bit.
+        if i % 4 == 1:
+            im = im.convert("RGBA")
+        elif i % 4 == 2:
+            im = im.convert("P")
+        elif i % 4 == 3:
+            im = im.convert("L")
+        im.save(p)
+        rows.append((f"img/{p.name}", r.text))
+    arr16 = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).astype(np.uint16)
+    Image.fromarray(arr16).save(img_dir / "sixteen.png")
+    rows.append(("img/sixteen.png", "a sixteen bit gradient"))
+    if bad:
+        (img_dir / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+        _bomb_png(img_dir / "bomb.png")
+        rows += [("img/missing.png", "a missing file"), ("img/corrupt.png", "a corrupt png"),
+                 ("img/bomb.png", "an oversized image"), (rows[0][0], "   ")]
+    path = tmp / "pairs.csv"
+    with open(path, "w") as f:
+        f.write("image,text\n")
+        for img, text in rows:
+            f.write(f'{img},"{text}"\n')
+    return path
+
+
+# ------------------------------------------------------------------------------------------- model
+def test_embeddings_are_normalised_and_shaped(model, emoji):
+    img = model.encode_image([r.image for r in emoji[:3]])
+    txt = model.encode_text(["a red heart", "grinning face", "a flag"])
+    assert img.shape == txt.shape == (3, SMALL.embed_dim)
+    torch.testing.assert_close(img.norm(dim=-1), torch.ones(3))
+    torch.testing.assert_close(txt.norm(dim=-1), torch.ones(3))
+    raw = model.encode_text(["a red heart"], normalize=False)
+    assert not torch.allclose(raw.norm(dim=-1), torch.ones(1))
+
+
+def test_split_towers_equal_the_whole_tower(model, emoji):
+    """Cached trunk + trainable top must equal one pass of the pretrained tower."""
+    x = model.preprocess([r.image for r in emoji[:4]])
+    with torch.no_grad():
+        whole = model.image_tower.embed(x)
+        split = model.image_top(model.image_trunk(x))
+        torch.testing.assert_close(split, whole, atol=1e-3, rtol=1e-4)
+        tokens = model.tokenize(["a red heart", "grinning face with big eyes"])
+        full = model.text_tower.mean_pool(model.text_tower(tokens.input_ids, tokens.attention_mask), tokens.attention_mask)
+        torch.testing.assert_close(model.text_top(model.text_trunk(tokens)), full, atol=1e-5, rtol=1e-5)
+
+
+def test_only_unlocked_parts_train(model):
+    names = set(model.trainable_state_dict())
+    assert "logit_scale" in names
+    assert any(n.startswith("image_tower._blocks.15.") for n in names)
+    assert not any(n.startswith("image_tower._blocks.14.") for n in names)
+    assert any(n.startswith("text_tower.encoder.layer.5.") for n in names)
+    assert not any(n.startswith("text_tower.encoder.layer.4.") for n in names)
+    assert not any(n.startswith("text_tower.embeddings") for n in names)
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="unlock_image"):
+        AlignerConfig(unlock_image=17)
+    with pytest.raises(ConfigError, match="unknown aligner config keys: bogus"):
+        AlignerConfig.from_dict({"bogus": 1})
+
+
+def test_feature_cache_reuses_trunk_outputs(model, emoji, tmp_path, monkeypatch):
+    cache = FeatureCache(tmp_path)
+    images = [r.image for r in emoji[:6]]
+    first = image_trunk_features(model, images, view=1, cache=cache, progress=False)
+    calls = []
+    monkeypatch.setattr(model, "image_trunk", lambda x: calls.append(x) or torch.zeros(1))
+    again = image_trunk_features(model, images, view=1, cache=FeatureCache(tmp_path), progress=False)
+    assert calls == []  # read back from disk, not recomputed
+    torch.testing.assert_close(first, again)
+
+
+# ---------------------------------------------------------------------------- training and resume
+def _tiny_train(tmp_path, emoji, epochs, *, resume=False):
+    manifest = _manifest(tmp_path / "data", emoji, bad=False)
+    train = load_pairs(str(manifest), None)
+    cfg = TrainConfig(epochs=epochs, batch_size=8, image_views=1, patience=10, seed=3)
+    torch.manual_seed(0)
+    model = Aligner(SMALL)
+    trainer = DualEncoderTrainer(model, train, train, cfg, cache=FeatureCache(tmp_path / "cache"), progress=False)
+    return model, trainer
+
+
+def test_training_lowers_the_loss_and_resume_is_exact(tmp_path, emoji):
+    model_a, tr_a = _tiny_train(tmp_path, emoji, epochs=3)
+    fit_a = tr_a.fit(tmp_path / "ckpt_a")
+    losses = [h["train_loss"] for h in fit_a.history]
+    assert losses[-1] < losses[0]
+
+    # Crash after epoch 2 (simulated: a run of 2 epochs with the same schedule), then resume to 3.
+    model_b, tr_b = _tiny_train(tmp_path, emoji, epochs=3)
+    tr_b.config = replace(tr_b.config, epochs=2)
+    tr_b.fit(tmp_path / "ckpt_b")
+    model_c, tr_c = _tiny_train(tmp_path, emoji, epochs=3)
+    fit_c = tr_c.fit(tmp_path / "ckpt_b", resume=True)
+    assert [h["epoch"] for h in fit_c.history] == [1, 2, 3]
+    np.testing.assert_allclose([h["train_loss"] for h in fit_c.history], losses, rtol=1e-5)
+    for k, v in model_a.trainable_state_dict().items():
+        torch.testing.assert_close(model_c.trainable_state_dict()[k], v)
+
+
+def test_save_and_load_round_trip(tmp_path, model, emoji):
+    save_model(model, tmp_path / "m")
+    loaded = polymodal.load(tmp_path / "m")
+    imgs = [r.image for r in emoji[:2]]
+    torch.testing.assert_close(loaded.encode_image(imgs), model.encode_image(imgs))
+    assert (tmp_path / "m" / "model.safetensors").stat().st_size < 30e6  # only the trained parts
+
+
+def test_checkpoint_with_unknown_keys_is_refused(tmp_path, model):
+    from safetensors.torch import save_file
+
+    save_model(model, tmp_path / "m")
+    sd = model.trainable_state_dict()
+    sd["evil.weight"] = torch.zeros(1)
+    save_file(sd, str(tmp_path / "m" / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="unknown.*evil.weight"):
+        polymodal.load(tmp_path / "m")
+    (tmp_path / "m" / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="missing config.json"):
+        polymodal.load(tmp_path / "m")
+
+
+# ------------------------------------------------------------------------------------ CLI and bad input
+def _cli_train(manifest: Path, out: Path, *extra: str) -> int:
+    return main(["train", "--data", str(manifest), "--out", str(out), "--image-size", "64", "--epochs", "2",
+                 "--batch-size", "8", "--views", "0", "--unlock", "0", "--unlock-text", "0", *extra])
+
+
+def test_bad_rows_are_skipped_counted_and_named(tmp_path, emoji, capsys):
+    manifest = _manifest(tmp_path / "data", emoji, bad=True)
+    assert _cli_train(manifest, tmp_path / "run") == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    bad = metrics["bad_records"]
+    problems = {Path(b["source"]).name if b["source"].endswith(".png") else "caption": b["problem"] for b in bad["items"]}
+    assert bad["count"] == 4, bad
+    assert set(problems) == {"missing.png", "corrupt.png", "bomb.png", "caption"}
+    assert "limit" in problems["bomb.png"]
+    assert sum(metrics["split_sizes"].values()) == len(emoji) + 1  # every good row, odd formats included
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "corrupt.png" in report and "bomb.png" in report
+    out = capsys.readouterr().out
+    assert "skipped 4 bad record(s)" in out
+
+
+def test_strict_turns_a_bad_row_into_an_error(tmp_path, emoji, capsys):
+    manifest = _manifest(tmp_path / "data", emoji, bad=True)
+    assert _cli_train(manifest, tmp_path / "run", "--strict") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_wrong_column_is_a_one_line_error(tmp_path, capsys):
+    p = tmp_path / "pairs.csv"
+    p.write_text("path,caption\na.png,hello\n")
+    assert _cli_train(p, tmp_path / "run") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "image" in err and "path, caption" in err
+
+
+def test_zeroshot_and_embed_cli(tmp_path, model, emoji, capsys):
+    save_model(model, tmp_path / "m")
+    paths = []
+    for r in emoji[:3]:
+        paths.append(str(tmp_path / f"{r.key}.png"))
+        r.image.save(paths[-1])
+    assert main(["zeroshot", "--model", str(tmp_path / "m"), "--labels", "cat, dog,flag", *paths, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [o["image"] for o in out] == paths
+    for o in out:
+        scores = [lb["score"] for lb in o["labels"]]
+        assert scores == sorted(scores, reverse=True)
+        assert {lb["label"] for lb in o["labels"]} == {"cat", "dog", "flag"}
+        assert abs(sum(scores) - 1) < 1e-4
+
+    texts = tmp_path / "t.txt"
+    texts.write_text("a red heart\ngrinning face\n")
+    assert main(["embed", "--model", str(tmp_path / "m"), "--texts", str(texts), "--out", str(tmp_path / "t.npy")]) == 0
+    assert main(["embed", "--model", str(tmp_path / "m"), "--images", *paths, "--out", str(tmp_path / "i.npy")]) == 0
+    t, i = np.load(tmp_path / "t.npy"), np.load(tmp_path / "i.npy")
+    assert t.shape == (2, SMALL.embed_dim) and i.shape == (3, SMALL.embed_dim) and i.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(i, axis=1), 1, atol=1e-5)
+    with torch.no_grad():
+        expected = model.encode_image([r.image for r in emoji[:3]]).numpy()
+    np.testing.assert_allclose(i, expected, atol=1e-5)
