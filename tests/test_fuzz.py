@@ -190,13 +190,7 @@ def test_manifest_source_fuzz(manifest_dir, suffix, seed):
     run()
 
 
-# Known bug, reported to the owner of data/images.py: load_image(path) lets pathlib's ValueError
-# ("embedded null byte") out for a path holding a NUL byte, so read_pairs crashes on such a CSV row.
-# The strict regression test fails (XPASS) once it is fixed: then delete both markers.
-NUL_PATH_BUG = "load_image: ValueError (not DataError) for a path with a NUL byte"
-
-
-@pytest.mark.xfail(raises=ValueError, strict=True, reason=NUL_PATH_BUG)
+# Found by fuzzing: a path holding a NUL byte once let pathlib's ValueError out of load_image.
 def test_read_pairs_nul_byte_in_image_path(manifest_dir):
     from polymodal.data.manifest import read_pairs
 
@@ -205,7 +199,6 @@ def test_read_pairs_nul_byte_in_image_path(manifest_dir):
     assert read_pairs(path).bad[0].problem
 
 
-@pytest.mark.xfail(raises=ValueError, strict=False, reason=NUL_PATH_BUG)
 @pytest.mark.parametrize("suffix, seed", [(".csv", CSV_SEED), (".jsonl", JSONL_SEED)])
 def test_read_pairs_fuzz(manifest_dir, suffix, seed):
     from polymodal.data.manifest import read_pairs

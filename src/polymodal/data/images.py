@@ -121,6 +121,8 @@ def _read_file(path: Path) -> bytes:
         raise DataError(path, "permission denied") from None
     except OSError as e:
         raise DataError(path, f"cannot read file ({_short(e)})") from None
+    except ValueError:  # the OS cannot name such a file, e.g. a path with a NUL byte
+        raise DataError(repr(str(path)), "not a valid file path (contains a NUL byte)") from None
 
 
 def _open(fp: IO[bytes], label: str, max_pixels: int) -> Image.Image:
