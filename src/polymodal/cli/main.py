@@ -20,6 +20,10 @@ def _register() -> None:
 
     for cmd in aligner_cmds.COMMANDS:
         cli.add_command(cmd)
+    from polymodal.cli import search_cmds
+
+    for cmd in search_cmds.COMMANDS:
+        cli.add_command(cmd)
     from polymodal.cli import data_cmds
 
     for cmd in data_cmds.COMMANDS:

@@ -1,0 +1,227 @@
+"""Bounded load test of the search server on loopback: requests/s, latency p50/p99 and errors at 1 and 8 clients.
+
+Prints ONE JSON line. The server is ``polymodal serve`` in its own process on 127.0.0.1, over an index of
+10,000 items (synthetic 384-d vectors written through the index writer, so the set-up does not spend
+minutes embedding images; the query path is the real one: text tower, then faiss, SQLite, JSON). The
+model is the aligner with untrained heads (the towers are the pretrained ones, so text encoding costs
+what it costs with a trained model).
+
+Scenarios, each for a fixed duration at 1 and at 8 concurrent connections:
+  - ``search_repeated``: GET /api/search with 50 different queries in turn; after the first round they
+    hit the server's text-embedding cache, so this measures HTTP + vector search + metadata + JSON.
+  - ``search_unique``: every request a new query text, so each one runs the text tower.
+  - ``thumbnail``: GET /api/items/{id}/thumbnail over random ids.
+
+The load generator is ``wrk`` (Debian package; scripts/install_browser.sh installs it) or, if it is not
+installed, an asyncio + httpx client (the JSON says which). Zero errors is part of the result: the script
+exits with status 1 if any request failed or returned a non-2xx status.
+
+Usage: python benchmarks/bench_server_load.py [--duration 5] [--items 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+QUERIES = [f"a {c} {s}" for c in ("red", "green", "blue", "yellow", "black") for s in
+           ("heart", "circle", "square", "star", "face", "cat", "dog", "car", "tree", "house")]
+
+
+def make_index(root: Path, items: int) -> Path:
+    """A model folder and an index of ``items`` synthetic vectors under ``root``; returns the index folder."""
+    import torch
+
+    from polymodal.models.aligner import Aligner, AlignerConfig
+    from polymodal.models.io import load, save_model
+    from polymodal.search.index import IndexWriter, NewItem
+
+    torch.manual_seed(0)
+    save_model(Aligner(AlignerConfig()), root / "model")
+    model = load(root / "model")
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((items, model.config.embed_dim), dtype=np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 60, 60)).save(buf, "JPEG")
+    thumb = (buf.getvalue(), "image/jpeg")
+    hashes = [f"synthetic{i:08d}" for i in range(items)]
+    with IndexWriter(root / "index", model_id=model.model_id, dim=model.config.embed_dim,
+                     model_dir=str(root / "model")) as w:
+        for i in range(0, items, 5000):
+            w.put_vectors(hashes[i : i + 5000], vecs[i : i + 5000], [thumb] * len(hashes[i : i + 5000]))
+        w.insert([NewItem(path=f"/synthetic/img_{i:06d}.png", hash=h, labels=[QUERIES[i % 50].split()[1]])
+                  for i, h in enumerate(hashes)])
+        w.commit()
+    return root / "index"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(index: Path, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "polymodal", "serve", str(index), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import httpx
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/info", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise SystemExit("the server exited during start-up")
+        time.sleep(0.3)
+    proc.kill()
+    raise SystemExit("the server did not start within 120 s")
+
+
+# --- wrk -------------------------------------------------------------------------------------------
+
+WRK_LUA = {
+    "search_repeated": """
+local queries = {QUERIES}
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format(nil, "/api/search?k=20&q=" .. queries[(i % #queries) + 1])
+end
+""".replace("QUERIES", ", ".join(f'"{q.replace(" ", "+")}"' for q in QUERIES)),
+    "search_unique": """
+local i = 0
+local id = tostring(math.random(1, 1000000000))
+request = function()
+  i = i + 1
+  return wrk.format(nil, "/api/search?k=20&q=a+picture+number+" .. id .. "+" .. i)
+end
+""",
+    "thumbnail": """
+request = function()
+  return wrk.format(nil, "/api/items/" .. math.random(1, ITEMS) .. "/thumbnail")
+end
+""",
+}
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def run_wrk(base: str, scenario: str, clients: int, duration: int, items: int) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_LUA[scenario].replace("ITEMS", str(items)))
+    try:
+        out = subprocess.run(["wrk", f"-t{min(clients, 2)}", f"-c{clients}", f"-d{duration}s", "--latency",
+                              "--timeout", "10s", "-s", f.name, base], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(f.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, flags=re.M))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(int(x) for x in sock.groups()) if sock else 0)
+    return {"requests": total, "requests_per_s": round(rps, 1), "p50_ms": round(_ms(pct["50"]), 2),
+            "p99_ms": round(_ms(pct["99"]), 2), "errors": errors}
+
+
+# --- fallback: asyncio + httpx ---------------------------------------------------------------------
+
+
+def run_httpx(base: str, scenario: str, clients: int, duration: int, items: int) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    counter = 0
+
+    def next_url() -> str:
+        nonlocal counter
+        counter += 1
+        if scenario == "search_repeated":
+            return f"/api/search?k=20&q={QUERIES[counter % len(QUERIES)]}"
+        if scenario == "search_unique":
+            return f"/api/search?k=20&q=a picture number {os.getpid()} {counter}"
+        return f"/api/items/{np.random.randint(1, items + 1)}/thumbnail"
+
+    async def worker(client: httpx.AsyncClient, stop: float) -> None:
+        nonlocal errors
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            try:
+                r = await client.get(next_url())
+                ok = r.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            latencies.append((time.perf_counter() - t0) * 1e3)
+            errors += not ok
+
+    async def main() -> float:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker(client, t0 + duration) for _ in range(clients)))
+            return time.perf_counter() - t0
+
+    elapsed = asyncio.run(main())
+    return {"requests": len(latencies), "requests_per_s": round(len(latencies) / elapsed, 1),
+            "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+            "p99_ms": round(float(np.percentile(latencies, 99)), 2), "errors": errors}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=5, help="seconds per scenario and client count")
+    parser.add_argument("--items", type=int, default=10_000)
+    args = parser.parse_args()
+    tool = "wrk" if shutil.which("wrk") else "httpx-asyncio"
+    run = run_wrk if tool == "wrk" else run_httpx
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        index = make_index(Path(tmp), args.items)
+        setup_s = time.perf_counter() - t0
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        server = start_server(index, port)
+        try:
+            run(base, "search_repeated", 1, 1, args.items)  # warm-up: fills the query cache, JITs nothing
+            results = []
+            for scenario in ("search_repeated", "search_unique", "thumbnail"):
+                for clients in (1, 8):
+                    results.append({"scenario": scenario, "clients": clients,
+                                    **run(base, scenario, clients, args.duration, args.items)})
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    total_errors = sum(r["errors"] for r in results)
+    print(json.dumps({
+        "bench": "server_load", "tool": tool, "host": "127.0.0.1", "duration_s": args.duration,
+        "index_items": args.items, "index_kind": "flat (exact)", "dim": 384, "k": 20, "cpus": os.cpu_count(),
+        "machine": platform.machine(), "setup_s": round(setup_s, 1), "results": results, "errors": total_errors,
+    }))
+    if total_errors:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

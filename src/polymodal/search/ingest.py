@@ -1,0 +1,373 @@
+"""From image files to index items: hash each file, embed only what changed, commit one generation.
+
+A file's identity is its content hash (SHA-256 of its bytes). A file whose size and modification time are
+the ones stored for its path is taken as unchanged without being read (as ``rsync`` and ``git`` do); any
+other file is hashed, and only hashes with no stored vector for this model are decoded and embedded.
+Vectors are committed batch by batch as they are computed (``IndexWriter.put_vectors``), so an interrupted
+build loses at most one batch of work: the rerun finds the rest by hash. The items themselves appear in one
+step, when the generation is committed, so readers see the whole build or none of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from polymodal.data.images import DEFAULT_MAX_PIXELS, load_image
+from polymodal.embed import image_paths
+from polymodal.errors import ConfigError, DataError
+from polymodal.search.ann import AnnConfig
+from polymodal.search.index import IndexWriter, Item, NewItem
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Source:
+    """One image to index and its metadata.
+
+    Args:
+        path: the image file.
+        caption: optional text stored with it (shown in results).
+        labels: labels for filtering (``--label``) and the default zero-shot label list.
+    """
+
+    path: Path
+    caption: str | None = None
+    labels: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BuildConfig:
+    """How files are embedded.
+
+    Args:
+        batch_size: images per forward pass, and per committed batch of vectors.
+        thumb_size: longest side of the stored thumbnails, in pixels.
+        max_pixels: larger images are skipped as bad (decompression-bomb guard of ``load_image``).
+        strict: stop at the first unreadable file instead of skipping it.
+    """
+
+    batch_size: int = 32
+    thumb_size: int = 192
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 16 <= self.thumb_size <= 1024:
+            raise ConfigError(f"thumb_size must be in 16..1024, got {self.thumb_size}")
+        if self.max_pixels < 1:
+            raise ConfigError(f"max_pixels must be >= 1, got {self.max_pixels}")
+
+
+@dataclass
+class BuildReport:
+    """What one write did.
+
+    Attributes:
+        index: the index folder.
+        generation: the generation committed.
+        count: items in it.
+        added: new paths.
+        updated: paths whose content or metadata changed.
+        removed: items removed.
+        unchanged: items kept as they were.
+        embedded: images run through the model in this call.
+        reused: changed or new items whose vector was already stored (same content seen before).
+        bad: files skipped, each "path: problem".
+        ann: kind, parameters and recall@10 of the vector index.
+        seconds: wall time.
+    """
+
+    index: str
+    generation: int
+    count: int
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    embedded: int = 0
+    reused: int = 0
+    bad: list[str] = field(default_factory=list)
+    ann: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        a = self.ann
+        recall = f", recall@10 {a['recall_at_10']:.3f}" if a.get("kind") not in (None, "flat") else ""
+        return (f"{self.index}: generation {self.generation}, {self.count} items ({self.added} added, "
+                f"{self.updated} updated, {self.removed} removed, {self.unchanged} unchanged); embedded "
+                f"{self.embedded}, reused {self.reused} stored vectors; {a.get('kind', '?')} index{recall}; "
+                f"{len(self.bad)} bad file(s); {self.seconds:.1f} s")
+
+
+# --- sources ---------------------------------------------------------------------------------------
+
+
+def sources_from_images(items: Sequence[str | Path]) -> list[Source]:
+    """Image files, and folders expanded to their images; an image in a subfolder gets its folder's name as label."""
+    out = []
+    for item in items:
+        root = Path(item)
+        for p in image_paths([root]):
+            labels = [p.parent.name] if root.is_dir() and p.parent != root else []
+            out.append(Source(path=p, labels=labels))
+    return out
+
+
+def sources_from_manifest(path: str | Path) -> tuple[list[Source], list[str]]:
+    """The images of a CSV/JSONL/Parquet manifest (``image``, ``text``, optional ``label`` columns), and its bad rows."""
+    from polymodal.data.manifest import read_pairs
+
+    pairs = read_pairs(path, check_images=False)
+    sources = [
+        Source(path=Path(r.image), caption=r.text, labels=[] if r.label in (None, "") else [str(r.label)])
+        for r in pairs.records
+    ]
+    return sources, [str(b) for b in pairs.bad]
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+
+def update_index(
+    model: Any,
+    index_dir: str | Path,
+    sources: Sequence[Source],
+    *,
+    sync: bool,
+    labels: list[str] | None = None,
+    config: BuildConfig | None = None,
+    ann_config: AnnConfig | None = None,
+    model_dir: str | Path | None = None,
+    progress: Progress | None = None,
+) -> BuildReport:
+    """Add or update ``sources`` in the index at ``index_dir`` (created if missing) and commit a generation.
+
+    Args:
+        model: a polymodal model with ``encode_image``, ``config.embed_dim`` and ``model_id`` (as
+            ``polymodal.load`` returns).
+        index_dir: the index folder.
+        sources: the images and their metadata.
+        sync: True (``index build``): the index afterwards holds exactly ``sources``, items of other paths
+            are removed. False (``index add``): other items stay.
+        labels: default zero-shot labels to store (None keeps the stored ones or uses the items' labels).
+        config: embedding settings.
+        ann_config: vector index rules (None keeps the stored ones).
+        model_dir: the model's folder, recorded so that search and serve can load it.
+        progress: called with one line per committed batch of vectors.
+
+    Raises:
+        ConfigError: the model has no id, or (``add``) it is not the model that built the index.
+        DataError: with ``config.strict``, the first unreadable file.
+    """
+    t0 = time.perf_counter()
+    config = config or BuildConfig()
+    say = progress or (lambda _msg: None)
+    model_id = getattr(model, "model_id", None)
+    if not model_id:
+        raise ConfigError("the model has no model_id; load it from its folder with polymodal.load(DIR)")
+    dim = int(model.config.embed_dim)
+    report_bad: list[str] = []
+    with IndexWriter(index_dir, model_id=model_id, dim=dim, model_dir=None if model_dir is None else
+                     os.path.abspath(model_dir), ann_config=ann_config) as w:
+        prev = w.previous
+        if not sync and prev is not None and prev.model_id != model_id:
+            raise ConfigError(
+                f"{index_dir}: the index was built with model {prev.model_id}, this model is {model_id}; "
+                "`index add` cannot mix models (use `index build` to re-embed everything with the new model)")
+        if sync and prev is not None and prev.model_id != model_id:
+            say(f"model changed ({prev.model_id} -> {model_id}): every item is embedded again")
+        current = {it.path: it for it in w.visible()}
+        plan = _plan(sources, current, model_id, config, report_bad)
+        to_embed = list({h: p for p, h in plan.needs_vector.items()}.items())  # (hash, path), one per hash
+        cached = w.cached(h for h, _ in to_embed)
+        missing = [(h, p) for h, p in to_embed if h not in cached]
+        failed = _embed(model, w, missing, config, say, report_bad)
+        rows = [row for row in plan.rows if row.hash not in failed]
+        retire = set(plan.retire)
+        if sync:
+            kept = {row.path for row in plan.rows} | plan.unchanged_paths | plan.bad_paths
+            retire |= {it.id for p, it in current.items() if p not in kept}
+        retire |= {current[p].id for p in plan.bad_paths if p in current}
+        w.touch(plan.touch)
+        w.retire(sorted(retire))
+        w.insert(rows)
+        desc = w.commit(labels=labels)
+    report = BuildReport(
+        index=str(index_dir), generation=desc.generation, count=desc.count,
+        added=sum(1 for r in rows if r.path not in current),
+        updated=sum(1 for r in rows if r.path in current),
+        removed=len(retire) - sum(1 for r in rows if r.path in current),
+        unchanged=len(plan.unchanged_paths), embedded=len(missing) - len(failed),
+        reused=len({r.hash for r in rows} & cached), bad=report_bad, ann=desc.ann.to_dict(),
+        seconds=round(time.perf_counter() - t0, 2),
+    )
+    return report
+
+
+def remove_items(
+    index_dir: str | Path, *, ids: Sequence[int] = (), paths: Sequence[str | Path] = ()
+) -> BuildReport:
+    """Remove items by id, or by path (a folder removes every item under it), and commit a generation.
+
+    Raises:
+        DataError: an id or path that matches no item.
+    """
+    t0 = time.perf_counter()
+    with IndexWriter(index_dir) as w:
+        current = w.visible()
+        by_id = {it.id: it for it in current}
+        chosen: set[int] = set()
+        for i in ids:
+            if int(i) not in by_id:
+                raise DataError(index_dir, f"no item with id {i}")
+            chosen.add(int(i))
+        for p in paths:
+            chosen |= _ids_under(current, p, index_dir)
+        w.retire(sorted(chosen))
+        desc = w.commit()
+    report = BuildReport(index=str(index_dir), generation=desc.generation, count=desc.count, removed=len(chosen),
+                         unchanged=desc.count, ann=desc.ann.to_dict(), seconds=round(time.perf_counter() - t0, 2))
+    return report
+
+
+def compact_index(index_dir: str | Path) -> BuildReport:
+    """Drop removed rows and unused vectors, rebuild the vector index (re-measuring its recall), commit."""
+    t0 = time.perf_counter()
+    with IndexWriter(index_dir) as w:
+        w.compact()
+        desc = w.commit(rebuild=True)
+    return BuildReport(index=str(index_dir), generation=desc.generation, count=desc.count, unchanged=desc.count,
+                       ann=desc.ann.to_dict(), seconds=round(time.perf_counter() - t0, 2))
+
+
+# --- steps -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    rows: list[NewItem] = field(default_factory=list)  # items to insert in the new generation
+    retire: list[int] = field(default_factory=list)  # old rows they replace
+    needs_vector: dict[str, str] = field(default_factory=dict)  # path -> hash, for rows that need a vector
+    unchanged_paths: set[str] = field(default_factory=set)
+    touch: list[tuple[int, int, int]] = field(default_factory=list)  # (id, size, mtime_ns) of touched files
+    bad_paths: set[str] = field(default_factory=set)
+
+
+def _plan(sources: Sequence[Source], current: dict[str, Item], model_id: str, config: BuildConfig,
+          bad: list[str]) -> _Plan:
+    """Decide, per source, whether it is unchanged, changed in metadata only, or needs a vector."""
+    plan = _Plan()
+    seen: set[str] = set()
+    for src in sources:
+        path = os.path.abspath(src.path)
+        if path in seen:
+            continue
+        seen.add(path)
+        try:
+            st = os.stat(path)
+            old = current.get(path)
+            same_stat = old is not None and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns
+            digest = old.hash if same_stat and old is not None else _hash_file(path)
+        except OSError as e:
+            _bad(bad, path, f"cannot read file ({e.strerror or e})", config)
+            plan.bad_paths.add(path)
+            continue
+        labels = list(dict.fromkeys(str(x) for x in src.labels))
+        if old is not None and old.hash == digest and old.model_id == model_id:
+            if old.caption == src.caption and old.labels == labels:
+                plan.unchanged_paths.add(path)
+                if not same_stat:  # touched but identical: remember the new stat so it is not hashed again
+                    plan.touch.append((old.id, st.st_size, st.st_mtime_ns))
+                continue
+        plan.rows.append(NewItem(path=path, hash=digest, caption=src.caption, labels=labels, size=st.st_size,
+                                 mtime_ns=st.st_mtime_ns))
+        plan.needs_vector[path] = digest
+        if old is not None:
+            plan.retire.append(old.id)
+    return plan
+
+
+def _embed(model: Any, w: IndexWriter, todo: list[tuple[str, str]], config: BuildConfig, say: Progress,
+           bad: list[str]) -> set[str]:
+    """Embed the (hash, path) pairs in batches, committing each batch; returns the hashes that failed."""
+    failed: set[str] = set()
+    model.eval()
+    done = 0
+    for start in range(0, len(todo), config.batch_size):
+        hashes, images, thumbs = [], [], []
+        for digest, path in todo[start : start + config.batch_size]:
+            try:
+                data = Path(path).read_bytes()
+                if _digest(data) != digest:
+                    raise DataError(path, "file changed while the index was being built; run the build again")
+                im = load_image(data, max_pixels=config.max_pixels, name=path)
+            except OSError as e:
+                _bad(bad, path, f"cannot read file ({e.strerror or e})", config)
+                failed.add(digest)
+                continue
+            except DataError as e:
+                _bad(bad, path, e.problem, config)
+                failed.add(digest)
+                continue
+            hashes.append(digest)
+            images.append(im)
+            thumbs.append(make_thumbnail(im, config.thumb_size))
+        if images:
+            with torch.no_grad():
+                vecs = model.encode_image(images, normalize=True).float().cpu().numpy()  # (B, D)
+            w.put_vectors(hashes, np.ascontiguousarray(vecs, dtype=np.float32), thumbs)
+        done += len(images)
+        say(f"embedded {done}/{len(todo)} images")
+    return failed
+
+
+def make_thumbnail(image: Image.Image, size: int) -> tuple[bytes, str]:
+    """A JPEG of ``image`` with its longest side at most ``size``: (bytes, mime type)."""
+    thumb = image.copy()
+    thumb.thumbnail((size, size), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    thumb.convert("RGB").save(buf, "JPEG", quality=90)
+    return buf.getvalue(), "image/jpeg"
+
+
+def _ids_under(items: list[Item], path: str | Path, index_dir: str | Path) -> set[int]:
+    target = os.path.abspath(path)
+    out = {it.id for it in items if it.path == target or it.path.startswith(target.rstrip(os.sep) + os.sep)}
+    if not out:
+        raise DataError(path, f"no item of {index_dir} has this path or lies under it")
+    return out
+
+
+def _hash_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _bad(bad: list[str], path: str, problem: str, config: BuildConfig) -> None:
+    if config.strict:
+        raise DataError(path, problem)
+    bad.append(f"{path}: {problem}")

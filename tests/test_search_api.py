@@ -1,0 +1,241 @@
+"""The search server's HTTP API: every endpoint, parity with the library, and hostile requests."""
+
+from __future__ import annotations
+
+import io
+import zlib
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from _search_helpers import COLOURS, draw, make_images, model, model_dir
+from polymodal.search.index import SearchIndex
+from polymodal.search.ingest import sources_from_images, update_index
+from polymodal.search.query import Searcher
+from polymodal.search.server import ServerConfig, create_app
+from polymodal.search.uploads import UploadLimits, sniff_format
+
+LIMITS = UploadLimits(max_bytes=200_000, max_pixels=1_000_000)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("api")
+    paths = make_images(tmp / "imgs", 3)
+    update_index(model(0), tmp / "idx", sources_from_images([tmp / "imgs"]), sync=True, model_dir=model_dir(0),
+                 labels=["red", "green", "blue"])
+    searcher = Searcher(SearchIndex.open(tmp / "idx"), model(0))
+    app = create_app(searcher, ServerConfig(uploads=LIMITS, max_k=50, reload_every=0.0))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client, searcher, paths, tmp
+    searcher.close()
+
+
+def png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def assert_json_error(r, status: int, *words: str) -> None:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    assert body["status"] == status and isinstance(body["error"], str)
+    assert "Traceback" not in r.text and 'File "' not in r.text
+    for w in words:
+        assert w in body["error"]
+
+
+# --- page and spec ---------------------------------------------------------------------------------
+
+
+def test_page_and_static_files_have_no_external_resources(setup):
+    client = setup[0]
+    r = client.get("/")
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    for name in ("app.js", "style.css"):
+        s = client.get(f"/static/{name}")
+        assert s.status_code == 200 and s.text
+    for text in (r.text, client.get("/static/app.js").text, client.get("/static/style.css").text):
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text
+    assert client.get("/docs").status_code == 404  # Swagger UI would load from a CDN
+
+
+def test_openapi_spec_lists_every_endpoint(setup):
+    spec = setup[0].get("/openapi.json").json()
+    assert {"/api/info", "/api/search", "/api/search/image", "/api/zeroshot", "/api/items/{item_id}",
+            "/api/items/{item_id}/thumbnail"} <= set(spec["paths"])
+    assert "post" in spec["paths"]["/api/zeroshot"]
+
+
+def test_info(setup):
+    body = setup[0].get("/api/info").json()
+    assert body["count"] == 9 and body["model_id"] == model(0).model_id and body["ann"]["kind"] == "flat"
+    assert body["default_labels"] == ["red", "green", "blue"] and body["labels"] == ["blue", "green", "red"]
+
+
+# --- search ----------------------------------------------------------------------------------------
+
+
+def test_text_search_matches_the_library(setup):
+    client, searcher = setup[:2]
+    body = client.get("/api/search", params={"q": "a red heart", "k": 5}).json()
+    want = searcher.by_text("a red heart", k=5)
+    assert [h["id"] for h in body["hits"]] == [h.id for h in want]
+    np.testing.assert_allclose([h["score"] for h in body["hits"]], [h.score for h in want], rtol=1e-6)
+    assert body["hits"][0]["thumbnail"] == f"/api/items/{want[0].id}/thumbnail"
+    green = client.get("/api/search", params={"q": "x", "label": "green"}).json()["hits"]
+    assert len(green) == 3 and all(h["labels"] == ["green"] for h in green)
+
+
+@pytest.mark.parametrize("params", [{}, {"q": ""}, {"q": "x", "k": 0}, {"q": "x", "k": 51}, {"q": "x", "k": "many"}])
+def test_text_search_bad_parameters(setup, params):
+    assert_json_error(setup[0].get("/api/search", params=params), 422, "invalid request")
+
+
+def test_image_search_finds_the_uploaded_image(setup):
+    client, _, paths = setup[:3]
+    r = client.post("/api/search/image", files={"file": ("q.png", paths[4].read_bytes(), "image/png")},
+                    params={"k": 3})
+    hits = r.json()["hits"]
+    assert r.status_code == 200 and hits[0]["path"] == str(paths[4]) and hits[0]["score"] == pytest.approx(1, abs=1e-4)
+
+
+def test_zeroshot_matches_the_model(setup):
+    client, _, paths = setup[:3]
+    data = paths[0].read_bytes()
+    r = client.post("/api/zeroshot", files={"file": ("q.png", data, "image/png")}, params={"labels": "cat,dog,red"})
+    got = r.json()["labels"]
+    want = model(0).zeroshot([Image.open(io.BytesIO(data)).convert("RGB")], ["cat", "dog", "red"])[0]
+    assert [g["label"] for g in got] == [w[0] for w in want]
+    np.testing.assert_allclose([g["score"] for g in got], [w[1] for w in want], rtol=1e-5)
+    assert sum(g["score"] for g in got) == pytest.approx(1.0)
+    default = client.post("/api/zeroshot", files={"file": ("q.png", data, "image/png")}).json()["labels"]
+    assert sorted(d["label"] for d in default) == ["blue", "green", "red"]
+
+
+# --- items -----------------------------------------------------------------------------------------
+
+
+def test_item_and_thumbnail_by_id(setup):
+    client, searcher = setup[:2]
+    item = searcher.index.items()[0]
+    meta = client.get(f"/api/items/{item.id}").json()
+    assert meta["path"] == item.path and meta["labels"] == item.labels
+    r = client.get(f"/api/items/{item.id}/thumbnail")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(r.content)).size == (48, 48)
+    assert_json_error(client.get("/api/items/999999/thumbnail"), 404, "no item")
+    assert_json_error(client.get("/api/items/-1"), 404)
+
+
+@pytest.mark.parametrize("url", [
+    "/api/items/../../../../etc/passwd",
+    "/api/items/..%2F..%2F..%2Fetc%2Fpasswd/thumbnail",
+    "/api/items/%2e%2e%2fitems.sqlite/thumbnail",
+    "/api/items/1%2F..%2F..%2Fetc%2Fpasswd/thumbnail",
+    "/api/items/etc/passwd/thumbnail",
+    "/static/../../../../etc/passwd",
+    "/static/..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+    "/static/%2e%2e%2fserver.py",
+    "/static/index.html/../../server.py",
+    "/static/server.py",
+    "/items.sqlite",
+    "/CURRENT",
+])
+def test_path_traversal_never_reaches_files(setup, url):
+    r = setup[0].get(url)
+    assert r.status_code in (404, 422), (url, r.status_code)
+    assert r.headers["content-type"].startswith("application/json")
+    assert "root:" not in r.text and "import" not in r.text and "SQLite" not in r.text
+
+
+# --- uploads ---------------------------------------------------------------------------------------
+
+
+def test_oversized_upload_is_refused(setup):
+    client = setup[0]
+    big = b"\x89PNG\r\n\x1a\n" + b"\0" * 300_000
+    assert_json_error(client.post("/api/search/image", files={"file": ("big.png", big, "image/png")}), 413, "limit")
+
+    def chunks():  # a valid multipart body without Content-Length: the limit must hold while it streams in
+        yield (b'--zz\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+               b"Content-Type: image/png\r\n\r\n\x89PNG\r\n\x1a\n")
+        for _ in range(100):
+            yield b"\0" * 10_000
+        yield b"\r\n--zz--\r\n"
+
+    r = client.post("/api/zeroshot", content=chunks(), headers={"content-type": "multipart/form-data; boundary=zz"})
+    assert_json_error(r, 413, "limit")
+
+
+def test_too_many_pixels_is_refused_before_decoding(setup):
+    # 4000 x 4000 one-bit PNG: a few KB on the wire, 16 Mpx (over the 1 Mpx limit) once decoded.
+    data = png(Image.new("1", (4000, 4000)))
+    assert len(data) < LIMITS.max_bytes
+    r = setup[0].post("/api/search/image", files={"file": ("bomb.png", data, "image/png")})
+    assert_json_error(r, 413, "4000x4000")
+
+
+@pytest.mark.parametrize("data,status", [
+    (b"hello, I am text", 415),
+    (b"<svg xmlns='http://www.w3.org/2000/svg'></svg>", 415),
+    (b"%PDF-1.4 ...", 415),
+    (b"", 400),
+    (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, 400),  # PNG magic, corrupt header
+    (None, 400),  # a real PNG cut in half
+])
+def test_non_image_or_corrupt_uploads(setup, data, status):
+    if data is None:
+        whole = png(draw(COLOURS["red"], 3, size=200))
+        data = whole[: len(whole) // 2]
+    for url in ("/api/search/image", "/api/zeroshot"):
+        r = setup[0].post(url, files={"file": ("x.png", data, "image/png")})
+        assert_json_error(r, status)
+
+
+def test_missing_file_field(setup):
+    assert_json_error(setup[0].post("/api/search/image"), 422)
+
+
+def test_sniff_format():
+    assert sniff_format(png(Image.new("RGB", (2, 2)))) == "png"
+    buf = io.BytesIO()
+    Image.new("RGB", (2, 2)).save(buf, "WEBP")
+    assert sniff_format(buf.getvalue()) == "webp"
+    assert sniff_format(b"GIF89a....") == "gif" and sniff_format(zlib.compress(b"x")) is None
+
+
+# --- robustness ------------------------------------------------------------------------------------
+
+
+def test_unknown_route_and_method(setup):
+    assert_json_error(setup[0].get("/api/nothing"), 404)
+    assert_json_error(setup[0].delete("/api/search"), 405)
+
+
+def test_internal_error_is_a_bare_500(setup, monkeypatch):
+    client, searcher = setup[:2]
+
+    def explode(*a, **k):
+        raise RuntimeError("secret detail /home/user/x.py")
+
+    monkeypatch.setattr(searcher, "by_text", explode)
+    r = client.get("/api/search", params={"q": "x"})
+    assert_json_error(r, 500, "internal server error")
+    assert "secret" not in r.text
+
+
+def test_server_picks_up_a_new_generation(setup):
+    client, _, _, tmp = setup
+    before = client.get("/api/info").json()["count"]
+    extra = tmp / "extra"
+    extra.mkdir()
+    draw(COLOURS["blue"], 77).save(extra / "new.png")
+    update_index(model(0), tmp / "idx", sources_from_images([extra]), sync=False)
+    after = client.get("/api/info").json()
+    assert after["count"] == before + 1 and after["generation"] == 2
