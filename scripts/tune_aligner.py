@@ -29,7 +29,7 @@ def main() -> None:
     train, val = load_pairs("builtin:openmoji", "train"), load_pairs("builtin:openmoji", "val")
     seed_everything(tcfg.seed)
     model = Aligner(mcfg)
-    fit = DualEncoderTrainer(model, train, val, tcfg, cache=cache, progress=False).fit()
+    fit = DualEncoderTrainer(model, train, val, tcfg, cache=cache, progress=True).fit()
     ev = evaluate_aligner(model, val, cache=cache, train=train, probe=False)
     m = ev.metrics
     print(json.dumps({"model": model_over, "train": train_over, "best_epoch": fit.best_epoch,

@@ -22,7 +22,7 @@ from polymodal.eval.linear_probe import linear_probe
 from polymodal.eval.retrieval import retrieval_metrics
 from polymodal.eval.templates import EMOJI_TEMPLATES
 from polymodal.eval.zeroshot import build_zeroshot_classifier, classification_metrics, zeroshot_classify
-from polymodal.models.aligner import Aligner
+from polymodal.models.protocol import DualEncoder
 from polymodal.train.feature_cache import FeatureCache
 from polymodal.train.trunk_features import image_trunk_features
 
@@ -49,7 +49,7 @@ class AlignerEvaluation:
 
 
 @torch.no_grad()
-def embed_pairs(model: Aligner, pairs: PairSet, *, cache: FeatureCache, progress: bool = False) -> tuple[Tensor, Tensor]:
+def embed_pairs(model: DualEncoder, pairs: PairSet, *, cache: FeatureCache, progress: bool = False) -> tuple[Tensor, Tensor]:
     """L2-normalised image embeddings (clean view) and plain-caption text embeddings."""
     model.eval()
     trunk = image_trunk_features(model, pairs.images, view=0, cache=cache, progress=progress, desc=f"{pairs.name} images")
@@ -58,20 +58,20 @@ def embed_pairs(model: Aligner, pairs: PairSet, *, cache: FeatureCache, progress
 
 
 @torch.no_grad()
-def _raw_image_features(model: Aligner, pairs: PairSet, cache: FeatureCache) -> Tensor:
+def _raw_image_features(model: Any, pairs: PairSet, cache: FeatureCache) -> Tensor:
     trunk = image_trunk_features(model, pairs.images, view=0, cache=cache, progress=False)
     return torch.cat([model.image_top(trunk[i : i + 256]) for i in range(0, len(trunk), 256)])
 
 
 @torch.no_grad()
 def evaluate_aligner(
-    model: Aligner,
+    model: DualEncoder,
     test: PairSet,
     *,
     cache: FeatureCache,
     train: PairSet | None = None,
     val: PairSet | None = None,
-    untrained: Aligner | None = None,
+    untrained: DualEncoder | None = None,
     label_text: LabelText = default_label_text,
     templates: tuple[str, ...] = EMOJI_TEMPLATES,
     probe: bool = True,
@@ -114,13 +114,14 @@ def evaluate_aligner(
             res = linear_probe(tr_x, tr_y, va_x[keep], [va_y[i] for i in keep], img, y, Cs=probe_cs)
             metrics[f"probe_{kind}/accuracy"] = res.accuracy
             metrics[f"probe_{kind}/mean_per_class_recall"] = res.mean_per_class_recall
-            raw = linear_probe(_raw_image_features(model, train, cache), tr_y,
-                               _raw_image_features(model, val, cache)[keep], [va_y[i] for i in keep],
-                               _raw_image_features(model, test, cache), y, Cs=probe_cs)
-            baselines.setdefault("raw towers", {}).update({
-                f"probe_{kind}/accuracy": raw.accuracy,
-                f"probe_{kind}/mean_per_class_recall": raw.mean_per_class_recall,
-            })
+            if hasattr(model, "image_top"):  # towers with a frozen trunk: probe their raw features too
+                raw = linear_probe(_raw_image_features(model, train, cache), tr_y,
+                                   _raw_image_features(model, val, cache)[keep], [va_y[i] for i in keep],
+                                   _raw_image_features(model, test, cache), y, Cs=probe_cs)
+                baselines.setdefault("raw towers", {}).update({
+                    f"probe_{kind}/accuracy": raw.accuracy,
+                    f"probe_{kind}/mean_per_class_recall": raw.mean_per_class_recall,
+                })
             maj = classification_baselines(tr_y, y, len(classes))["majority"]
             baselines.setdefault("majority", {})[f"probe_{kind}/accuracy"] = maj["top1"]
 

@@ -11,8 +11,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from polymodal.errors import CheckpointError
 from polymodal.models.build import KINDS, build_model, config_from_dict
 from polymodal.train.checkpoint import atomic_write_json, load_weights, save_weights
@@ -20,7 +18,7 @@ from polymodal.train.checkpoint import atomic_write_json, load_weights, save_wei
 FORMAT_VERSION = 1
 
 
-def save_model(model: nn.Module, path: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
+def save_model(model: Any, path: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
     """Write ``path/config.json`` and ``path/model.safetensors`` (each atomically)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -53,7 +51,7 @@ def read_config(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
 
 
-def load(path: str | Path) -> nn.Module:
+def load(path: str | Path) -> Any:
     """Load a model folder written by polymodal (a run folder is one). Returns the model in eval mode."""
     from polymodal.train.fit import load_trainable
 

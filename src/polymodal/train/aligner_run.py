@@ -17,9 +17,10 @@ import torch
 from polymodal.data.pairs import PairSet, load_pairs
 from polymodal.data.record import BadRecord
 from polymodal.eval.aligner_eval import AlignerEvaluation, evaluate_aligner
-from polymodal.models.aligner import Aligner, AlignerConfig
+from polymodal.models.aligner import AlignerConfig
 from polymodal.models.build import build_model
 from polymodal.models.io import save_model
+from polymodal.models.protocol import DualEncoder
 from polymodal.train.checkpoint import atomic_write_json
 from polymodal.train.feature_cache import FeatureCache, default_cache_dir
 from polymodal.train.fit import DualEncoderTrainer, FitResult, TrainConfig, seed_everything
@@ -107,7 +108,7 @@ def _metrics_json(r: RunResult, data: str, splits: dict[str, PairSet]) -> dict[s
 
 
 @torch.no_grad()
-def write_run_report(out: Path, r: RunResult, ev: AlignerEvaluation, test: PairSet, model: Aligner) -> Path:
+def write_run_report(out: Path, r: RunResult, ev: AlignerEvaluation, test: PairSet, model: DualEncoder) -> Path:
     from polymodal.eval.plots import (
         plot_confusion_matrix,
         plot_retrieval_examples,

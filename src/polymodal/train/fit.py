@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from polymodal.data.pairs import PairSet
 from polymodal.errors import ConfigError
 from polymodal.losses import ClipLoss
-from polymodal.models.aligner import Aligner
+from polymodal.models.protocol import DualEncoder
 from polymodal.train.checkpoint import (
     find_checkpoint_dir,
     load_train_state,
@@ -64,7 +64,7 @@ class TrainConfig:
 
 @dataclass
 class FitResult:
-    history: list[dict[str, float]]
+    history: list[dict[str, Any]]
     best_epoch: int
     best_val_r1: float
     stopped_early: bool
@@ -89,7 +89,7 @@ def recall_at_1(img: torch.Tensor, txt: torch.Tensor) -> tuple[float, float]:
 class DualEncoderTrainer:
     """Holds the cached features, the optimiser and the loop; ``fit`` runs it to the end or resumes it."""
 
-    def __init__(self, model: Aligner, train: PairSet, val: PairSet, config: TrainConfig, *,
+    def __init__(self, model: DualEncoder, train: PairSet, val: PairSet, config: TrainConfig, *,
                  cache: FeatureCache, progress: bool = True) -> None:
         self.model, self.train_set, self.val_set, self.config = model, train, val, config
         self.cache, self.progress = cache, progress
@@ -120,7 +120,7 @@ class DualEncoderTrainer:
                                        total_steps=total, min_ratio=config.min_lr_ratio)
         self.loss_fn = ClipLoss()
         self.epoch = 0
-        self.history: list[dict[str, float]] = []
+        self.history: list[dict[str, Any]] = []
         self.best_val_r1 = -1.0
         self.best_epoch = 0
         self.best_state: dict[str, torch.Tensor] = model.trainable_state_dict()
@@ -228,7 +228,7 @@ class DualEncoderTrainer:
         return FitResult(self.history, self.best_epoch, self.best_val_r1, stopped, time.perf_counter() - t0)
 
 
-def load_trainable(model: torch.nn.Module, weights: dict[str, torch.Tensor], *, source: Path | None) -> None:
+def load_trainable(model: Any, weights: dict[str, torch.Tensor], *, source: Path | None) -> None:
     """Load a trainable-parameter state dict with strict key matching."""
     from polymodal.errors import CheckpointError
 
