@@ -49,7 +49,7 @@ def make_index(root: Path, items: int) -> Path:
 
     from polymodal.models.aligner import Aligner, AlignerConfig
     from polymodal.models.io import load, save_model
-    from polymodal.search.index import IndexWriter, NewItem
+    from polymodal.search.writer import IndexWriter, NewItem
 
     torch.manual_seed(0)
     save_model(Aligner(AlignerConfig()), root / "model")

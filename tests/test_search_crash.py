@@ -21,19 +21,19 @@ from polymodal.search.query import Searcher
 # generation's rows and files are written, as it is about to replace CURRENT.
 DRIVER = r"""
 import os, signal, sys, time
-import polymodal.search.index as index_mod
+import polymodal.search.writer as writer_mod
 from polymodal.models.io import load
 from polymodal.search.ingest import BuildConfig, sources_from_images, update_index
 
 model_dir, images, out, mode = sys.argv[1:5]
 if mode == "pointer":
-    real = index_mod.atomic_write_bytes
+    real = writer_mod.atomic_write_bytes
     def write(path, data):
         if path.name == "CURRENT":
             print("about to commit", flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
         real(path, data)
-    index_mod.atomic_write_bytes = write
+    writer_mod.atomic_write_bytes = write
 
 def progress(msg):
     print(msg, flush=True)

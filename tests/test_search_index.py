@@ -18,7 +18,7 @@ from polymodal.cli.main import cli
 from polymodal.errors import ConfigError, DataError, ShapeError
 from polymodal.search import ann
 from polymodal.search.ann import AnnConfig
-from polymodal.search.index import IndexWriter, ItemFilter, SearchIndex
+from polymodal.search.index import ItemFilter, SearchIndex
 from polymodal.search.ingest import (
     BuildConfig,
     compact_index,
@@ -28,6 +28,7 @@ from polymodal.search.ingest import (
     update_index,
 )
 from polymodal.search.query import Searcher
+from polymodal.search.writer import IndexWriter
 
 
 def clustered(n: int, d: int, seed: int = 0, centers: int = 50) -> np.ndarray:

@@ -19,9 +19,11 @@ from polymodal.search.ingest import (
     update_index,
 )
 from polymodal.search.query import LabelScore, Searcher, TextHit
+from polymodal.search.writer import IndexWriter, NewItem
 
 __all__ = [
-    "AnnConfig", "AnnInfo", "BuildConfig", "BuildReport", "GenerationInfo", "Hit", "Item", "ItemFilter",
-    "LabelScore", "SearchIndex", "Searcher", "Source", "TextHit", "compact_index", "remove_items",
+    "AnnConfig", "AnnInfo", "BuildConfig", "BuildReport", "GenerationInfo", "Hit", "IndexWriter", "Item",
+    "ItemFilter", "LabelScore", "NewItem", "SearchIndex", "Searcher", "Source", "TextHit", "compact_index",
+    "remove_items",
     "sources_from_images", "sources_from_manifest", "update_index",
 ]

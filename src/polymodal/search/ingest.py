@@ -27,7 +27,8 @@ from polymodal.data.images import DEFAULT_MAX_PIXELS, load_image
 from polymodal.embed import image_paths
 from polymodal.errors import ConfigError, DataError
 from polymodal.search.ann import AnnConfig
-from polymodal.search.index import IndexWriter, Item, NewItem
+from polymodal.search.index import Item
+from polymodal.search.writer import IndexWriter, NewItem
 
 Progress = Callable[[str], None]
 
