@@ -109,7 +109,8 @@ def main() -> None:
         "bench": "search_ann", "dim": args.dim, "queries": QUERIES, "metric": "inner product (cosine)",
         "data": f"synthetic: unit vectors of intrinsic dimension {args.latent} (+ noise); held-out queries",
         "faiss": faiss.__version__, "threads": faiss.omp_get_max_threads(), "cpus": os.cpu_count(),
-        "machine": platform.machine(), "results": results, "total_s": round(time.perf_counter() - t0, 1),
+        "machine": platform.machine(), "loadavg_1m_after": round(os.getloadavg()[0], 2), "results": results,
+        "total_s": round(time.perf_counter() - t0, 1),
     }))
 
 

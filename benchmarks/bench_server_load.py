@@ -14,7 +14,8 @@ Scenarios, each for a fixed duration at 1 and at 8 concurrent connections:
 
 The load generator is ``wrk`` (Debian package; scripts/install_browser.sh installs it) or, if it is not
 installed, an asyncio + httpx client (the JSON says which). Zero errors is part of the result: the script
-exits with status 1 if any request failed or returned a non-2xx status.
+exits with status 1 if any request failed or returned a non-2xx status. The client shares the machine
+with the server (and with anything else running: ``loadavg_1m_after`` says how busy it was).
 
 Usage: python benchmarks/bench_server_load.py [--duration 5] [--items 10000]
 """
@@ -217,7 +218,8 @@ def main() -> None:
     print(json.dumps({
         "bench": "server_load", "tool": tool, "host": "127.0.0.1", "duration_s": args.duration,
         "index_items": args.items, "index_kind": "flat (exact)", "dim": 384, "k": 20, "cpus": os.cpu_count(),
-        "machine": platform.machine(), "setup_s": round(setup_s, 1), "results": results, "errors": total_errors,
+        "machine": platform.machine(), "loadavg_1m_after": round(os.getloadavg()[0], 2),
+        "setup_s": round(setup_s, 1), "results": results, "errors": total_errors,
     }))
     if total_errors:
         sys.exit(1)

@@ -317,6 +317,13 @@ def test_cli_build_search_info_remove(m, images, tmp_path):
                                                           ["a green thing", "a red thing"])
     r = runner.invoke(cli, ["index", "info", idx, "--json"])
     assert json.loads(r.output)["labels"] == ["blue", "green", "red"]
+    manifest = tmp_path / "pairs.jsonl"
+    manifest.write_text(json.dumps({"image": str(paths[0]), "text": "a red blob", "label": "blob"}) + "\n")
+    r = runner.invoke(cli, ["index", "add", idx, "--data", str(manifest), "--json"])  # model: the recorded one
+    rep = json.loads(r.output)
+    assert r.exit_code == 0 and (rep["updated"], rep["embedded"], rep["count"]) == (1, 0, 12)
+    r = runner.invoke(cli, ["search", idx, "anything", "--label", "blob", "--json"])
+    assert [(h["path"], h["caption"]) for h in json.loads(r.output)] == [(str(paths[0]), "a red blob")]
     r = runner.invoke(cli, ["index", "remove", idx, str(root / "green")])
     assert r.exit_code == 0 and "8 items" in r.output
     r = runner.invoke(cli, ["search", idx, "x", "--image", str(paths[0])])
