@@ -142,6 +142,9 @@ def test_build_search_scores_are_the_models_cosines(m, images, tmp_path):
     texts = s.texts_for_image(paths[0], ["one", "two", "three"], k=3)
     cos = m.encode_text(["one", "two", "three"]).detach().numpy() @ imgs[0]
     assert [h.id for h in texts] == list(np.argsort(-cos))
+    # The text cache returns what the model returns, in order, duplicates included.
+    got = s.embed_text(["two", "a red circle", "two"])
+    np.testing.assert_allclose(got, m.encode_text(["two", "a red circle", "two"]).detach().numpy(), atol=1e-5)
     s.close()
 
 

@@ -74,7 +74,8 @@ class Searcher:
         self._cache_size = cache_size
         self._texts: OrderedDict[str, np.ndarray] = OrderedDict()
         self._classifiers: OrderedDict[tuple[str, ...], torch.Tensor] = OrderedDict()
-        self._lock = threading.Lock()  # one forward pass at a time; torch already uses every core for one
+        self._model_lock = threading.Lock()  # one forward pass at a time; torch already uses every core for one
+        self._cache_lock = threading.Lock()  # cache hits never wait for a forward pass
 
     @classmethod
     def open(cls, index_dir: str | Path, model_dir: str | Path | None = None) -> Searcher:
@@ -100,33 +101,29 @@ class Searcher:
     # ------------------------------------------------------------- embeddings
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         """(N, D) float32 unit vectors of texts, through the cache."""
-        out: list[np.ndarray | None] = []
-        todo = []
-        with self._lock:
-            for t in texts:
-                v = self._texts.get(t)
-                if v is not None:
-                    self._texts.move_to_end(t)
-                else:
-                    todo.append(t)
-                out.append(v)
-            if todo:
-                uniq = list(dict.fromkeys(todo))
-                with torch.no_grad():
-                    vecs = self.model.encode_text(uniq, normalize=True).float().cpu().numpy()  # (U, D)
-                fresh = dict(zip(uniq, vecs))
+        with self._cache_lock:
+            found = {t: v for t in dict.fromkeys(texts) if (v := self._texts.get(t)) is not None}
+            for t in found:
+                self._texts.move_to_end(t)
+        todo = [t for t in dict.fromkeys(texts) if t not in found]
+        if todo:
+            with self._model_lock, torch.no_grad():
+                vecs = self.model.encode_text(todo, normalize=True).float().cpu().numpy()  # (U, D)
+            fresh = dict(zip(todo, vecs))
+            with self._cache_lock:
                 for t, v in fresh.items():
                     self._texts[t] = v
                     if len(self._texts) > self._cache_size:
                         self._texts.popitem(last=False)
-                out = [fresh[t] if v is None else v for t, v in zip(texts, out)]
-        done = [v for v in out if v is not None]
-        return np.stack(done).astype(np.float32) if done else np.zeros((0, self.index.dim), np.float32)
+            found.update(fresh)
+        if not texts:
+            return np.zeros((0, self.index.dim), np.float32)
+        return np.stack([found[t] for t in texts]).astype(np.float32)  # (N, D)
 
     def embed_image(self, image: Image.Image | str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         """(1, D) float32 unit vector of one image (a PIL image, a file, or encoded bytes)."""
         im = image if isinstance(image, Image.Image) else load_image(image, max_pixels=max_pixels)
-        with self._lock, torch.no_grad():
+        with self._model_lock, torch.no_grad():
             return self.model.encode_image([im], normalize=True).float().cpu().numpy()
 
     # ------------------------------------------------------------- queries
@@ -166,20 +163,21 @@ class Searcher:
     def _classifier(self, names: tuple[str, ...]) -> torch.Tensor:
         from polymodal.eval.zeroshot import build_zeroshot_classifier, fill_template
 
-        with self._lock:
+        with self._cache_lock:
             cached = self._classifiers.get(names)
             if cached is not None:
                 self._classifiers.move_to_end(names)
                 return cached
-            # One batched text pass over every prompt, then the shared classifier code on the results.
-            prompts = list(dict.fromkeys(fill_template(t, c) for c in names for t in self.templates))
-            with torch.no_grad():
-                emb = dict(zip(prompts, self.model.encode_text(prompts, normalize=True).float().cpu()))
-            w = build_zeroshot_classifier(lambda ps: torch.stack([emb[p] for p in ps]), list(names), self.templates)
+        # One batched text pass over every prompt, then the shared classifier code on the results.
+        prompts = list(dict.fromkeys(fill_template(t, c) for c in names for t in self.templates))
+        with self._model_lock, torch.no_grad():
+            emb = dict(zip(prompts, self.model.encode_text(prompts, normalize=True).float().cpu()))
+        w = build_zeroshot_classifier(lambda ps: torch.stack([emb[p] for p in ps]), list(names), self.templates)
+        with self._cache_lock:
             self._classifiers[names] = w
             if len(self._classifiers) > 32:
                 self._classifiers.popitem(last=False)
-            return w
+        return w
 
     # ------------------------------------------------------------- lifecycle
     def reload_if_stale(self) -> bool:
