@@ -1,0 +1,28 @@
+"""polymodal.caption: image captioning (EfficientNet grid -> transformer decoder) and its decoders."""
+
+from polymodal.caption.decode import Decoded, beam_search, greedy_decode, length_penalty, sample_decode
+from polymodal.caption.model import CaptionConfig, Captioner, load_captioner, save_captioner
+from polymodal.caption.train import (
+    CaptionTrainConfig,
+    CaptionTrainResult,
+    caption_loss,
+    extract_grids,
+    train_captioner,
+)
+
+__all__ = [
+    "CaptionConfig",
+    "CaptionTrainConfig",
+    "CaptionTrainResult",
+    "Captioner",
+    "Decoded",
+    "beam_search",
+    "caption_loss",
+    "extract_grids",
+    "greedy_decode",
+    "length_penalty",
+    "load_captioner",
+    "sample_decode",
+    "save_captioner",
+    "train_captioner",
+]

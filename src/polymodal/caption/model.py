@@ -1,0 +1,209 @@
+"""Image captioner: the EfficientNet-Lite0 feature grid as memory, a transformer decoder over words.
+
+"Show, attend and tell" (Xu et al. 2015) with the recurrent decoder replaced by a transformer decoder
+(Vaswani et al. 2017): each of the ``h*w`` cells of the frozen tower's last feature map ``(B, 1280, h, w)``
+becomes one memory token (a linear projection to the decoder width plus a learned position embedding per
+cell), and the words attend to them through encoder-decoder (cross) attention. The tower stays frozen,
+so training runs on cached grids (:mod:`polymodal.caption.train`).
+
+A model folder holds ``config.json`` (``kind: "captioner"``, the config and the tokenizer's words) and
+``model.safetensors``; :func:`save_captioner` / :func:`load_captioner` write and read it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from polymodal.data.text import WordTokenizer
+from polymodal.errors import CheckpointError, ConfigError, ShapeError
+from polymodal.nn import LearnedPositionalEmbedding, TransformerDecoder
+from polymodal.train.checkpoint import atomic_write_json, load_weights, save_weights
+
+__all__ = ["CaptionConfig", "Captioner", "load_captioner", "save_captioner"]
+
+KIND = "captioner"
+
+
+@dataclass
+class CaptionConfig:
+    """Size of a :class:`Captioner`.
+
+    Args:
+        vocab_size: Token ids of the caption tokenizer (``WordTokenizer.vocab_size``).
+        feature_dim: Channels of the image grid (1280 for EfficientNet-Lite0).
+        grid_cells: Largest ``h*w`` of the grid (49 for 224-pixel inputs).
+        dim: Decoder width.
+        heads: Attention heads.
+        depth: Decoder layers.
+        max_length: Longest caption in tokens, ``<bos>`` and ``<eos>`` included.
+        dropout: Dropout in the decoder and on the memory.
+        image_size: Input side length the grid was computed at (recorded for inference).
+    """
+
+    vocab_size: int
+    feature_dim: int = 1280
+    grid_cells: int = 49
+    dim: int = 128
+    heads: int = 4
+    depth: int = 2
+    max_length: int = 16
+    dropout: float = 0.1
+    image_size: int = 224
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "feature_dim", "grid_cells", "dim", "heads", "depth"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"CaptionConfig.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.dim % self.heads:
+            raise ConfigError(f"CaptionConfig: dim {self.dim} is not divisible by heads {self.heads}")
+        if self.max_length < 3:
+            raise ConfigError(f"CaptionConfig.max_length: must be >= 3, got {self.max_length}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"CaptionConfig.dropout: must be in [0, 1), got {self.dropout}")
+
+
+class Captioner(nn.Module):
+    """Feature grid -> memory tokens -> causal transformer decoder -> next-word logits.
+
+    Args:
+        config: Sizes.
+        tokenizer: The word vocabulary (kept with the model so a folder is self-contained).
+    """
+
+    def __init__(self, config: CaptionConfig, tokenizer: WordTokenizer) -> None:
+        super().__init__()
+        if tokenizer.vocab_size != config.vocab_size:
+            raise ConfigError(
+                f"Captioner: tokenizer has {tokenizer.vocab_size} ids, config.vocab_size is {config.vocab_size}"
+            )
+        self.config = config
+        self.tokenizer = tokenizer
+        c = config
+        self.memory_proj = nn.Sequential(nn.LayerNorm(c.feature_dim), nn.Linear(c.feature_dim, c.dim))
+        self.memory_pos = nn.Parameter(torch.zeros(1, c.grid_cells, c.dim))
+        nn.init.normal_(self.memory_pos, std=0.02)
+        self.memory_drop = nn.Dropout(c.dropout)
+        self.embed = nn.Embedding(c.vocab_size, c.dim, padding_idx=tokenizer.pad_id)
+        self.pos = LearnedPositionalEmbedding(c.dim, c.max_length)
+        self.decoder = TransformerDecoder(c.dim, c.heads, c.depth, dropout=c.dropout, norm_first=True)
+        self.head = nn.Linear(c.dim, c.vocab_size, bias=False)
+        self.head.weight = self.embed.weight  # weight tying (Press & Wolf 2017): fewer parameters, better LM
+
+    # ------------------------------------------------------------------ pieces
+    def memory(self, grid: Tensor) -> Tensor:
+        """Memory tokens of a feature grid.
+
+        Args:
+            grid: ``(B, C, h, w)`` tower features, or already flattened ``(B, h*w, C)``.
+
+        Returns:
+            ``(B, h*w, dim)``.
+        """
+        if grid.dim() == 4:
+            grid = grid.flatten(2).transpose(1, 2)  # (B, h*w, C)
+        if grid.dim() != 3 or grid.shape[-1] != self.config.feature_dim:
+            raise ShapeError(f"grid: expected (B, {self.config.feature_dim}, h, w), got {tuple(grid.shape)}")
+        cells = grid.shape[1]
+        if cells > self.config.grid_cells:
+            raise ShapeError(f"grid: {cells} cells, the model knows {self.config.grid_cells}")
+        return self.memory_drop(self.memory_proj(grid) + self.memory_pos[:, :cells])
+
+    def _tokens(self, ids: Tensor, offset: int = 0) -> Tensor:
+        if ids.shape[1] + offset > self.config.max_length:
+            raise ShapeError(f"tokens: {ids.shape[1] + offset} positions, max_length is {self.config.max_length}")
+        x = self.embed(ids)  # (B, T, D)
+        return self.pos(x, offset=offset)
+
+    def decode(self, memory: Tensor, ids: Tensor, *, key_padding_mask: Tensor | None = None) -> Tensor:
+        """Logits ``(B, T, V)`` for every prefix of ``ids`` ``(B, T)`` (causal), given memory ``(B, S, D)``.
+
+        Args:
+            memory: From :meth:`memory`.
+            ids: Token ids starting with ``<bos>``.
+            key_padding_mask: Bool ``(B, T)``, ``True`` = padding.
+        """
+        h = self.decoder(self._tokens(ids), memory, causal=True, key_padding_mask=key_padding_mask)
+        return self.head(h)
+
+    def forward(self, grid: Tensor, ids: Tensor) -> Tensor:
+        """Teacher-forced logits ``(B, T, V)``: position t predicts ``ids[:, t+1]``.
+
+        Args:
+            grid: ``(B, C, h, w)`` feature grids.
+            ids: ``(B, T)`` token ids, ``<bos> ... <eos> <pad>...``.
+        """
+        pad = ids == self.tokenizer.pad_id
+        return self.decode(self.memory(grid), ids, key_padding_mask=pad if pad.any() else None)
+
+    @torch.no_grad()
+    def cross_attention_maps(self, grid: Tensor, ids: Tensor) -> Tensor:
+        """Encoder-decoder attention of each layer: ``(L, B, H, T, S)``; which grid cells each token reads.
+
+        Args:
+            grid: ``(B, C, h, w)``.
+            ids: ``(B, T)`` ids of a (generated) caption starting with ``<bos>``.
+        """
+        memory = self.memory(grid)
+        x = self._tokens(ids)
+        maps = []
+        for layer in self.decoder.layers:
+            maps.append(layer.cross_attention_weights(x, memory, causal=True))
+            x = layer(x, memory, causal=True)
+        return torch.stack(maps)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Folder
+# ---------------------------------------------------------------------------------------------------
+
+
+def save_captioner(model: Captioner, path: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``path/config.json`` and ``path/model.safetensors``.
+
+    Args:
+        model: The captioner.
+        path: Folder (created).
+        extra: More JSON keys for ``config.json`` (metrics, training settings).
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if k != "head.weight"}
+    save_weights(path / "model.safetensors", state, metadata={"format": "polymodal"})
+    config = {"kind": KIND, "model": asdict(model.config), "tokenizer": model.tokenizer.to_dict(), **(extra or {})}
+    atomic_write_json(path / "config.json", config)
+    return path
+
+
+def load_captioner(path: str | Path) -> Captioner:
+    """Read a folder written by :func:`save_captioner`; the model is in eval mode.
+
+    Args:
+        path: The folder.
+
+    Raises:
+        CheckpointError: not a captioner folder, or weights that do not fit.
+    """
+    path = Path(path)
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{path}: not a captioner folder (no config.json)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
+    if cfg.get("kind") != KIND:
+        raise CheckpointError(f"{cfg_path}: kind is {cfg.get('kind')!r}, expected {KIND!r}")
+    try:
+        model = Captioner(CaptionConfig(**cfg["model"]), WordTokenizer.from_dict(cfg["tokenizer"]))
+    except (KeyError, TypeError, ConfigError) as e:
+        raise CheckpointError(f"{cfg_path}: {e}") from None
+    missing, unexpected = model.load_state_dict(load_weights(path / "model.safetensors"), strict=False)
+    if unexpected or set(missing) - {"head.weight"}:
+        raise CheckpointError(f"{path}/model.safetensors: missing {missing}, unexpected {unexpected}")
+    return model.eval()

@@ -1,0 +1,172 @@
+"""Training a captioner by teacher forcing on cached EfficientNet-Lite0 feature grids.
+
+The tower is frozen, so each image's ``(1280, h, w)`` grid is computed once (:func:`extract_grids`, with
+the fused inference runner) and training touches only the decoder. The loss is token-level cross-entropy
+of the next word given the true prefix (teacher forcing) with label smoothing (Szegedy et al. 2016): the
+target puts ``1 - eps`` on the true word and ``eps`` spread uniformly, which keeps the decoder from
+becoming over-confident on a small caption set. Padding is ignored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from polymodal.caption.model import CaptionConfig, Captioner
+from polymodal.data.text import WordTokenizer
+from polymodal.errors import ConfigError, ShapeError
+from polymodal.towers.efficientnet import EfficientNetLite0
+from polymodal.towers.efficientnet_runner import EfficientNetLite0Runner
+from polymodal.towers.preprocess import images_to_tensor
+
+__all__ = ["CaptionTrainConfig", "CaptionTrainResult", "caption_loss", "extract_grids", "train_captioner"]
+
+
+@torch.no_grad()
+def extract_grids(
+    images: Sequence[Image.Image],
+    *,
+    image_size: int = 224,
+    tower: EfficientNetLite0 | None = None,
+    batch_size: int = 64,
+) -> Tensor:
+    """Frozen tower feature grids of PIL images.
+
+    Args:
+        images: PIL images.
+        image_size: Input side (224 gives a 7x7 grid, 128 a 4x4 one).
+        tower: The tower; defaults to the pretrained EfficientNet-Lite0.
+        batch_size: Images per runner call.
+
+    Returns:
+        ``(N, 1280, h, w)`` float32.
+    """
+    tower = EfficientNetLite0.pretrained() if tower is None else tower
+    runner = EfficientNetLite0Runner(tower, image_size=image_size)
+    try:
+        out = [
+            runner.forward_features(images_to_tensor(list(images[i : i + batch_size]), size=image_size))
+            for i in range(0, len(images), batch_size)
+        ]
+    finally:
+        runner.close()
+    if not out:
+        raise ConfigError("extract_grids: no images")
+    return torch.cat(out)
+
+
+def caption_loss(logits: Tensor, ids: Tensor, *, pad_id: int, label_smoothing: float = 0.1) -> Tensor:
+    """Teacher-forcing loss: position t of ``logits`` predicts ``ids[:, t + 1]``; padding ignored.
+
+    Args:
+        logits: ``(B, T, V)`` from :meth:`Captioner.forward` on ``ids``.
+        ids: ``(B, T)`` ``<bos> words <eos> <pad>...``.
+        pad_id: Id of ``<pad>``.
+        label_smoothing: Mass spread uniformly over the vocabulary.
+    """
+    if logits.shape[:2] != ids.shape:
+        raise ShapeError(f"logits {tuple(logits.shape)} do not match ids {tuple(ids.shape)}")
+    pred = logits[:, :-1].reshape(-1, logits.shape[-1])  # (B*(T-1), V)
+    target = ids[:, 1:].reshape(-1)  # (B*(T-1),)
+    return F.cross_entropy(pred, target, ignore_index=pad_id, label_smoothing=label_smoothing)
+
+
+@dataclass
+class CaptionTrainConfig:
+    """Training settings.
+
+    Args:
+        epochs: Passes over the training pairs.
+        batch_size: Pairs per step.
+        lr: AdamW peak learning rate (cosine decay, no warm-up).
+        weight_decay: AdamW weight decay.
+        label_smoothing: See :func:`caption_loss`.
+        min_freq: Words seen fewer times become ``<unk>``.
+        seed: Initialisation and shuffling seed.
+        model: Model sizes except ``vocab_size`` (taken from the tokenizer).
+    """
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    label_smoothing: float = 0.1
+    min_freq: int = 1
+    seed: int = 0
+    model: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError(
+                f"CaptionTrainConfig: need epochs, batch_size >= 1 and lr > 0; got {self.epochs}, "
+                f"{self.batch_size}, {self.lr}"
+            )
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"CaptionTrainConfig.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+        if "vocab_size" in self.model:
+            raise ConfigError("CaptionTrainConfig.model: vocab_size comes from the tokenizer; do not set it")
+
+
+@dataclass(frozen=True)
+class CaptionTrainResult:
+    """A trained captioner and its loss per epoch.
+
+    Args:
+        model: The captioner, in eval mode.
+        history: Per epoch ``{"epoch", "loss", "seconds"}``.
+    """
+
+    model: Captioner
+    history: list[dict[str, float]]
+
+
+def train_captioner(grids: Tensor, captions: Sequence[str], config: CaptionTrainConfig) -> CaptionTrainResult:
+    """Fit a captioner on cached grids.
+
+    Args:
+        grids: ``(N, C, h, w)`` from :func:`extract_grids`.
+        captions: N captions.
+        config: Settings.
+    """
+    if grids.dim() != 4 or grids.shape[0] != len(captions):
+        raise ShapeError(f"grids {tuple(grids.shape)} and {len(captions)} captions do not pair up")
+    torch.manual_seed(config.seed)
+    tokenizer = WordTokenizer.build(captions, min_freq=config.min_freq)
+    model_cfg = CaptionConfig(
+        vocab_size=tokenizer.vocab_size,
+        feature_dim=grids.shape[1],
+        grid_cells=grids.shape[2] * grids.shape[3],
+        **config.model,
+    )
+    model = Captioner(model_cfg, tokenizer)
+    ids = tokenizer.encode(list(captions), max_length=model_cfg.max_length).input_ids  # (N, T)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = -(-len(captions) // config.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs * steps_per_epoch)
+    gen = torch.Generator().manual_seed(config.seed)
+    history: list[dict[str, float]] = []
+    model.train()
+    for epoch in range(config.epochs):
+        start, total, count = time.perf_counter(), 0.0, 0
+        for idx in torch.randperm(len(captions), generator=gen).split(config.batch_size):
+            batch = ids[idx]
+            batch = batch[:, : int((batch != tokenizer.pad_id).sum(1).max())]  # trim common padding
+            loss = caption_loss(
+                model(grids[idx], batch), batch, pad_id=tokenizer.pad_id, label_smoothing=config.label_smoothing
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+        history.append({"epoch": epoch + 1, "loss": total / count, "seconds": time.perf_counter() - start})
+    return CaptionTrainResult(model=model.eval(), history=history)
