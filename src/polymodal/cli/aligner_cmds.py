@@ -18,9 +18,15 @@ def _print_table(metrics: dict, baselines: dict) -> None:
 
 def _run(data, out, model_cfg, train_cfg, *, resume, strict, cache, as_json) -> None:
     from polymodal.train.aligner_run import train_aligner
+    from polymodal.train.ddp import distributed_session, is_main
 
-    r = train_aligner(data, out, model_config=model_cfg, train_config=train_cfg, resume=resume, strict=strict,
-                      cache_dir="default" if cache else None, progress=not as_json)
+    # Under torchrun: one process group for the run; rank 0 alone prints and writes the run folder.
+    with distributed_session():
+        r = train_aligner(data, out, model_config=model_cfg, train_config=train_cfg, resume=resume, strict=strict,
+                          cache_dir="default" if cache else None, progress=not as_json)
+        main_process = is_main()
+    if not main_process:
+        return
     if as_json:
         click.echo(json.dumps(json.loads((Path(out) / "metrics.json").read_text()), indent=2))
         return
@@ -46,12 +52,21 @@ def _run(data, out, model_cfg, train_cfg, *, resume, strict, cache, as_json) -> 
 @click.option("--views", default=DEMO_TRAIN.image_views, show_default=True, help="augmented views per training image")
 @click.option("--image-size", default=DEMO_MODEL.image_size, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="continue from OUT/checkpoint")
+@click.option("--accum-steps", default=1, show_default=True,
+              help="micro-batches per process per step (less memory; the contrastive batch stays exact)")
+@click.option("--local-loss/--full-loss", default=True, show_default=True,
+              help="under torchrun: each process builds only its own logit rows (memory / world size)")
+@click.option("--resume", is_flag=True, help="continue from OUT/checkpoint (any number of processes)")
 @click.option("--strict", is_flag=True, help="stop at the first bad record instead of skipping it")
 @click.option("--no-cache", is_flag=True, help="do not read or write the feature cache")
 @click.option("--json", "as_json", is_flag=True, help="print metrics.json instead of a table")
-def train(data, out, preset, unlock, unlock_text, epochs, batch_size, lr, views, image_size, seed, resume, strict, no_cache, as_json):
-    """Train an aligner (CLIP-style dual encoder on the pretrained towers) or a preset model."""
+def train(data, out, preset, unlock, unlock_text, epochs, batch_size, lr, views, image_size, seed, accum_steps, local_loss,
+          resume, strict, no_cache, as_json):
+    """Train an aligner (CLIP-style dual encoder on the pretrained towers) or a preset model.
+
+    Runs as is on one process, or under torchrun on several (--batch-size is then the global batch):
+    torchrun --nproc-per-node 2 -m polymodal train --out runs/x
+    """
     from dataclasses import replace
 
     from polymodal.models.build import load_preset
@@ -60,7 +75,8 @@ def train(data, out, preset, unlock, unlock_text, epochs, batch_size, lr, views,
         model_cfg = load_preset(preset)
     else:
         model_cfg = replace(DEMO_MODEL, unlock_image=unlock, unlock_text=unlock_text, image_size=image_size)
-    train_cfg = replace(DEMO_TRAIN, epochs=epochs, batch_size=batch_size, lr=lr, image_views=views, seed=seed)
+    train_cfg = replace(DEMO_TRAIN, epochs=epochs, batch_size=batch_size, lr=lr, image_views=views, seed=seed,
+                        accum_steps=accum_steps, local_loss=local_loss)
     _run(data, out, model_cfg, train_cfg, resume=resume, strict=strict, cache=not no_cache, as_json=as_json)
 
 
@@ -131,25 +147,44 @@ def embed(model_dir, images_mode, images, texts, out):
 
     polymodal embed --model DIR --images a.png b.png photos/ --out img.npy
     polymodal embed --model DIR --texts captions.txt --out txt.npy
+
+    Under torchrun each process embeds a contiguous share and rank 0 writes the rows in input order.
     """
     if images_mode and not images:
         raise click.UsageError("--images needs at least one image file or folder")
     if images and not images_mode:
         raise click.UsageError("image paths given without --images")
-    from polymodal.embed import embed_images, embed_texts, image_paths
+    from polymodal.embed import image_paths
     from polymodal.models.io import load
 
     if bool(images) == bool(texts):
         raise click.UsageError("give exactly one of --images or --texts")
-    model = load(model_dir)
-    if texts:
-        arr = embed_texts(model, Path(texts).read_text(encoding="utf-8").splitlines())
-    else:
-        arr = embed_images(model, image_paths(images))
+    from polymodal.train.ddp import distributed_session, is_main, rank_slices
+
+    with distributed_session() as env:
+        model = load(model_dir)
+        items: list = Path(texts).read_text(encoding="utf-8").splitlines() if texts else image_paths(images)
+        share = items[rank_slices(len(items), env.world_size)[env.rank]]
+        arr = _embed_share(model, share, texts=bool(texts), progress=is_main())
+        main_process = is_main()
+    if not main_process:
+        return
     import numpy as np
 
     np.save(out, arr)
     click.echo(f"wrote {out}: {arr.shape[0]} x {arr.shape[1]} float32")
+
+
+def _embed_share(model, share: list, *, texts: bool, progress: bool):
+    """Embed this process's share; under torchrun, rank 0 gets every share concatenated in rank order."""
+    import numpy as np
+
+    from polymodal.embed import embed_images, embed_texts
+    from polymodal.train.ddp import gather_to_main
+
+    arr = embed_texts(model, share, progress=progress) if texts else embed_images(model, share, progress=progress)
+    parts = gather_to_main(arr)
+    return None if parts is None else np.concatenate(parts).astype(np.float32)
 
 
 @click.command()

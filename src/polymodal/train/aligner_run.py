@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from polymodal import distributed
 from polymodal.data.pairs import PairSet, load_pairs
 from polymodal.data.record import BadRecord
 from polymodal.eval.aligner_eval import AlignerEvaluation, evaluate_aligner
@@ -59,6 +60,9 @@ def train_aligner(
 ) -> RunResult:
     """Train any dual encoder (an aligner by default) on ``data``'s train split, stop early on val, evaluate once on test, write the run folder."""
     t0 = time.perf_counter()
+    # Under torchrun every process trains; only rank 0 shows progress and writes the run folder.
+    main_process = distributed.rank() == 0
+    progress = progress and main_process
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model_config = model_config or AlignerConfig()
@@ -78,6 +82,8 @@ def train_aligner(
     model = build_model(model_config)
     trainer = DualEncoderTrainer(model, splits["train"], splits["val"], train_config, cache=cache, progress=progress)
     fit = trainer.fit(out / "checkpoint", resume=resume)
+    if not main_process:
+        return RunResult(out, {}, {}, fit, bad, time.perf_counter() - t0)
     save_model(model, out, extra={"data": data, "train": asdict(train_config)})
 
     seed_everything(train_config.seed)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from polymodal import distributed
 from polymodal.data.pairs import PairSet
 from polymodal.errors import ConfigError
 from polymodal.losses import ClipLoss
@@ -31,7 +32,9 @@ from polymodal.train.checkpoint import (
     load_weights,
     save_checkpoint_dir,
 )
+from polymodal.train.ddp import broadcast_params
 from polymodal.train.feature_cache import FeatureCache
+from polymodal.train.global_batch import run_global_epoch
 from polymodal.train.schedule import warmup_cosine
 from polymodal.train.trunk_features import collate_text_trunks, image_trunk_features, text_trunk_features
 
@@ -49,12 +52,18 @@ class TrainConfig:
     seed: int = 0
     image_views: int = 3  # augmented views cached per training image, besides the clean one
     grad_clip: float = 1.0
+    # Data parallel / memory (see train/global_batch.py): batch_size is the *global* batch over all
+    # processes; each process encodes batch_size / world_size rows, in accum_steps micro-batches.
+    accum_steps: int = 1  # micro-batches per process per step; the contrastive batch stays exact
+    local_loss: bool = True  # under torchrun, each process builds only its own (B/W, B) logit rows
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
             raise ConfigError(f"need epochs >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
         if self.lr <= 0 or self.tower_lr < 0 or self.image_views < 0 or self.patience < 1:
             raise ConfigError("lr must be > 0, tower_lr >= 0, image_views >= 0, patience >= 1")
+        if self.accum_steps < 1:
+            raise ConfigError(f"accum_steps must be >= 1, got {self.accum_steps}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -128,6 +137,9 @@ class DualEncoderTrainer:
     # ------------------------------------------------------------ one epoch
     def _epoch(self) -> float:
         model, cfg = self.model, self.config
+        if distributed.world_size() > 1 or cfg.accum_steps > 1:
+            # Several processes or micro-batches: the same global batch, split (train/global_batch.py).
+            return run_global_epoch(self)
         g = torch.Generator().manual_seed(cfg.seed * 1000 + self.epoch)
         order = torch.randperm(len(self.train_set), generator=g)
         view_of = torch.randint(0, len(self.views), (len(order),), generator=g)
@@ -203,6 +215,8 @@ class DualEncoderTrainer:
         cfg = self.config
         if resume and checkpoint_dir is not None:
             self.restore(checkpoint_dir)
+        # Under torchrun every process starts from rank 0's weights, as DistributedDataParallel does.
+        broadcast_params([p for p in self.model.parameters() if p.requires_grad])
         t0 = time.perf_counter()
         stopped = False
         while self.epoch < cfg.epochs:
@@ -222,7 +236,7 @@ class DualEncoderTrainer:
                 self.best_state = self.model.trainable_state_dict()
             if self.progress:
                 tqdm.write(f"epoch {self.epoch:3d}  loss {loss:.4f}  val R@1 i→t {r1_i2t:.3f}  t→i {r1_t2i:.3f}")
-            if checkpoint_dir is not None:
+            if checkpoint_dir is not None and distributed.rank() == 0:  # one writer under torchrun
                 self.save(checkpoint_dir, self.model.config.to_dict())
         load_trainable(self.model, self.best_state, source=None)
         return FitResult(self.history, self.best_epoch, self.best_val_r1, stopped, time.perf_counter() - t0)
