@@ -22,6 +22,7 @@ $(VENV)/.core: pyproject.toml $(VENV)/.torch
 
 $(VENV)/.dev: pyproject.toml $(VENV)/.torch
 	$(BIN)/pip install -q -e '.[dev]'
+	bash scripts/install_browser.sh
 	@touch $@
 
 $(VENV)/.bench: pyproject.toml $(VENV)/.dev
