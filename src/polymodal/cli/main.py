@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -15,19 +16,14 @@ def cli() -> None:
     """polymodal: multimodal machine learning, offline-first."""
 
 
+# Each module holds one command group and exports COMMANDS; a new group adds its module name here.
+COMMAND_MODULES = ("aligner_cmds", "search_cmds", "data_cmds", "v2l_cmds")
+
+
 def _register() -> None:
-    from polymodal.cli import aligner_cmds
-
-    for cmd in aligner_cmds.COMMANDS:
-        cli.add_command(cmd)
-    from polymodal.cli import search_cmds
-
-    for cmd in search_cmds.COMMANDS:
-        cli.add_command(cmd)
-    from polymodal.cli import data_cmds
-
-    for cmd in data_cmds.COMMANDS:
-        cli.add_command(cmd)
+    for name in COMMAND_MODULES:
+        for cmd in importlib.import_module(f"polymodal.cli.{name}").COMMANDS:
+            cli.add_command(cmd)
 
 
 _register()
