@@ -161,3 +161,24 @@ def test_tiny_end_to_end_learns_captions() -> None:
     assert result.history[-1]["loss"] < result.history[0]["loss"] * 0.5
     assert greedy_decode(result.model, grids).texts == captions
     assert not math.isnan(result.history[-1]["loss"])
+
+
+def test_cli_captions_an_image_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from PIL import Image
+
+    from polymodal.cli.v2l_cmds import caption
+
+    torch.manual_seed(0)
+    tok = WordTokenizer.build(CAPTIONS)
+    cfg = CaptionConfig(vocab_size=tok.vocab_size, grid_cells=4, dim=32, heads=2, depth=1, max_length=6, image_size=64)
+    save_captioner(Captioner(cfg, tok).eval(), tmp_path / "m")
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(tmp_path / "a.png")
+    from click.testing import CliRunner
+
+    res = CliRunner().invoke(caption, ["--model", str(tmp_path / "m"), "--json", str(tmp_path / "a.png")])
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.output.strip().splitlines()[-1])
+    assert row["image"].endswith("a.png") and isinstance(row["caption"], str)
+    assert CliRunner().invoke(caption, []).exit_code != 0  # no model: a usage error
