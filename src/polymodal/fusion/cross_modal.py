@@ -1,0 +1,108 @@
+"""Cross-modal transformer fusion in the style of MulT (Tsai et al. 2019, "Multimodal Transformer for
+Unaligned Multimodal Language Sequences"): each modality's tokens attend to the other modalities' tokens.
+
+This is also the co-attention of VQA models (a question attending to image regions, e.g. Lu et al. 2016;
+Tan & Bansal 2019, LXMERT's cross-modality encoder): with ``{"text", "image"}`` the question tokens query
+the image's feature-map cells and the image cells query the question.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from polymodal.errors import ConfigError
+from polymodal.fusion.base import Fusion, masked_mean
+from polymodal.nn.transformer import TransformerDecoderLayer
+
+__all__ = ["CrossModalFusion"]
+
+
+class CrossModalFusion(Fusion):
+    """For each target modality ``m``: ``depth`` blocks of self-attention, cross-attention to the
+    concatenated tokens of every other modality (keys/values), and an MLP (MulT's crossmodal
+    transformer, sec. 3.2, with all sources at once); then masked mean pooling per modality,
+    concatenation and a linear map.
+
+    Args:
+        dims: width of each modality's tokens.
+        out_dim: width of the output.
+        model_dim: width inside the transformer (each modality is projected to it).
+        heads: attention heads.
+        depth: blocks per target modality.
+        dropout: dropout in the blocks.
+    """
+
+    uses_tokens = True
+
+    def __init__(
+        self,
+        dims: Mapping[str, int],
+        out_dim: int,
+        *,
+        model_dim: int = 64,
+        heads: int = 4,
+        depth: int = 2,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(dims, out_dim)
+        if len(self.dims) < 2:
+            raise ConfigError("CrossModalFusion needs at least two modalities")
+        if model_dim % heads:
+            raise ConfigError(f"CrossModalFusion model_dim={model_dim} must be divisible by heads={heads}")
+        if depth <= 0:
+            raise ConfigError(f"CrossModalFusion depth must be positive, got {depth}")
+        self.model_dim = model_dim
+        self.inputs = nn.ModuleDict({m: nn.Linear(d, model_dim) for m, d in self.dims.items()})
+        # A learned type embedding per modality, so a target can tell which source a key came from.
+        self.type_embed = nn.ParameterDict({m: nn.Parameter(torch.randn(model_dim) * 0.02) for m in self.dims})
+        self.blocks = nn.ModuleDict(
+            {
+                m: nn.ModuleList(TransformerDecoderLayer(model_dim, heads, mlp_ratio=2.0, dropout=dropout) for _ in range(depth))
+                for m in self.dims
+            }
+        )
+        self.norm = nn.LayerNorm(model_dim)
+        self.out = nn.Linear(model_dim * len(self.dims), out_dim)
+
+    def forward(
+        self, features: Mapping[str, Tensor], present: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None
+    ) -> Tensor:
+        """Fuse.
+
+        Args:
+            features: ``(B, N_m, D_m)`` tokens (or ``(B, D_m)``, one token) per modality.
+            present: ``(B,)`` bool per modality; an absent modality's tokens all become its missing embedding.
+            masks: optional ``(B, N_m)`` bool, true on valid tokens.
+
+        Returns:
+            ``(B, out_dim)``.
+        """
+        self.check(features, present)
+        tokens: dict[str, Tensor] = {}
+        valid: dict[str, Tensor] = {}
+        for m in self.modalities:
+            x = features[m]
+            x = x[:, None, :] if x.ndim == 2 else x  # (B, N, D_m)
+            mask = None if masks is None else masks.get(m)
+            if mask is None:
+                mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+            elif mask.shape != x.shape[:2] or mask.dtype != torch.bool:
+                from polymodal.errors import ShapeError
+
+                raise ShapeError(f"CrossModalFusion: masks[{m!r}] must be bool {tuple(x.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}")
+            mask = mask | ~present[m][:, None]  # an absent modality: every (filled) token is valid
+            tokens[m] = self.inputs[m](self.fill_missing(x, present[m], m)) + self.type_embed[m]  # (B, N, d)
+            valid[m] = mask
+        pooled = []
+        for m in self.modalities:
+            others = [o for o in self.modalities if o != m]
+            memory = torch.cat([tokens[o] for o in others], dim=1)  # (B, sum N_o, d)
+            memory_pad = ~torch.cat([valid[o] for o in others], dim=1)  # (B, sum N_o), True = padding
+            x = tokens[m]
+            for block in self.blocks[m]:
+                x = block(x, memory, key_padding_mask=~valid[m], memory_key_padding_mask=memory_pad)
+            pooled.append(masked_mean(self.norm(x), valid[m]))  # (B, d)
+        return self.out(torch.cat(pooled, dim=-1))

@@ -1,0 +1,262 @@
+"""A multimodal classifier: an encoder per modality, a fusion module and a linear head, from a preset.
+
+Presets live in ``src/polymodal/presets/fusion-*.json`` and ``vqa-*.json``. A model with one modality is
+that modality's unimodal baseline (its fusion then only adds the MLP). ``modality_dropout`` is used by
+the trainer: during training each modality of each example is dropped with that probability (never all
+of them), so the model learns to classify from whatever is present (Neverova et al. 2016, ModDrop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from polymodal.errors import ConfigError, ShapeError
+from polymodal.fusion import FUSIONS
+from polymodal.models.classifier_encoders import (
+    MODALITY_OF_ENCODER,
+    AudioEncoder,
+    AudioEncoderConfig,
+    EncodedModality,
+    EncoderConfig,
+    ImageEncoder,
+    ImageEncoderConfig,
+    TextEncoder,
+    TextEncoderConfig,
+    encoder_config_from_dict,
+    encoder_config_to_dict,
+)
+
+__all__ = ["ClassifierConfig", "FusionConfig", "ModalityInputs", "MultimodalClassifier"]
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Which fusion and its width.
+
+    Args:
+        kind: a key of :data:`polymodal.fusion.FUSIONS`.
+        dim: width of the fused vector.
+        options: keyword arguments of the fusion class (``rank``, ``heads``, ``depth``, ...).
+    """
+
+    kind: str = "early"
+    dim: int = 64
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in FUSIONS:
+            raise ConfigError(f"unknown fusion kind {self.kind!r}; known: {', '.join(FUSIONS)}")
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim <= 0:
+            raise ConfigError(f"fusion dim must be a positive int, got {self.dim!r}")
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """A multimodal classifier.
+
+    Args:
+        encoders: modality name ("image", "audio", "text") -> encoder config.
+        fusion: the fusion.
+        labels: class names, in the order of the logits; filled in from the training data.
+        modality_dropout: probability of dropping each modality of each training example.
+        head_dropout: dropout before the final linear layer.
+    """
+
+    encoders: dict[str, EncoderConfig]
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    labels: tuple[str, ...] = ()
+    modality_dropout: float = 0.0
+    head_dropout: float = 0.0
+    kind: str = "classifier"
+
+    def __post_init__(self) -> None:
+        if not self.encoders:
+            raise ConfigError("classifier needs at least one encoder")
+        for m, enc in self.encoders.items():
+            want = MODALITY_OF_ENCODER.get(enc.kind)
+            if want != m:
+                raise ConfigError(f"encoder {enc.kind!r} encodes {want!r}, but is configured for modality {m!r}")
+        object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
+        if len(set(self.labels)) != len(self.labels):
+            raise ConfigError("classifier labels must be distinct")
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise ConfigError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}")
+        if self.modality_dropout > 0 and len(self.encoders) < 2:
+            raise ConfigError("modality_dropout needs at least two modalities")
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise ConfigError(f"head_dropout must be in [0, 1), got {self.head_dropout}")
+        if self.fusion.kind == "cross_modal" and len(self.encoders) < 2:
+            raise ConfigError("the cross_modal fusion needs at least two modalities")
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.encoders)
+
+    def replace(self, **changes: Any) -> ClassifierConfig:
+        import dataclasses
+
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClassifierConfig:
+        """From a preset or a saved ``config.json`` ``model`` entry."""
+        d = dict(d)
+        d.pop("description", None)
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"classifier config: unknown fields {sorted(unknown)}")
+        if not isinstance(d.get("encoders"), dict):
+            raise ConfigError("classifier config needs 'encoders': {modality: {kind: ...}}")
+        encoders = {m: encoder_config_from_dict(e) for m, e in d["encoders"].items()}
+        fusion = d.get("fusion", {})
+        if not isinstance(fusion, dict):
+            raise ConfigError("classifier config 'fusion' must be an object")
+        bad = set(fusion) - {"kind", "dim", "options"}
+        if bad:
+            raise ConfigError(f"fusion config: unknown fields {sorted(bad)}")
+        return cls(
+            encoders=encoders,
+            fusion=FusionConfig(**fusion),
+            labels=tuple(d.get("labels", ())),
+            modality_dropout=float(d.get("modality_dropout", 0.0)),
+            head_dropout=float(d.get("head_dropout", 0.0)),
+            kind=d.get("kind", "classifier"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "encoders": {m: encoder_config_to_dict(e) for m, e in self.encoders.items()},
+            "fusion": {"kind": self.fusion.kind, "dim": self.fusion.dim, "options": dict(self.fusion.options)},
+            "labels": list(self.labels),
+            "modality_dropout": self.modality_dropout,
+            "head_dropout": self.head_dropout,
+        }
+
+
+@dataclass
+class ModalityInputs:
+    """Model-ready tensors of a batch.
+
+    Args:
+        values: per modality: images ``(B, C, H, W)`` in [0, 1], log-mels ``(B, n_mels, T)``, token ids ``(B, L)``.
+        present: per modality, ``(B,)`` bool.
+        audio_lengths: ``(B,)`` valid log-mel frames, or ``None`` (all valid).
+    """
+
+    values: dict[str, Tensor]
+    present: dict[str, Tensor]
+    audio_lengths: Tensor | None = None
+
+    def __len__(self) -> int:
+        return next(iter(self.present.values())).shape[0]
+
+    def select(self, index: Tensor) -> ModalityInputs:
+        """The rows ``index`` (a 1-D long tensor)."""
+        return ModalityInputs(
+            {m: v[index] for m, v in self.values.items()},
+            {m: p[index] for m, p in self.present.items()},
+            None if self.audio_lengths is None else self.audio_lengths[index],
+        )
+
+    def to(self, device: torch.device | str) -> ModalityInputs:
+        return ModalityInputs(
+            {m: v.to(device) for m, v in self.values.items()},
+            {m: p.to(device) for m, p in self.present.items()},
+            None if self.audio_lengths is None else self.audio_lengths.to(device),
+        )
+
+    def without(self, modality: str) -> ModalityInputs:
+        """The same batch with ``modality`` marked absent in every row."""
+        if modality not in self.present:
+            raise ConfigError(f"no modality {modality!r} in these inputs; have {sorted(self.present)}")
+        present = dict(self.present)
+        present[modality] = torch.zeros_like(present[modality])
+        return ModalityInputs(dict(self.values), present, self.audio_lengths)
+
+
+def _build_encoder(config: EncoderConfig) -> nn.Module:
+    if isinstance(config, ImageEncoderConfig):
+        return ImageEncoder(config)
+    if isinstance(config, AudioEncoderConfig):
+        return AudioEncoder(config)
+    if isinstance(config, TextEncoderConfig):
+        return TextEncoder(config)
+    raise ConfigError(f"no encoder for {type(config).__name__}")  # pragma: no cover - configs are checked
+
+
+class MultimodalClassifier(nn.Module):
+    """Encoders, a fusion module and a linear head.
+
+    Args:
+        config: the settings; ``config.labels`` must be set (the trainer fills it from the data).
+    """
+
+    def __init__(self, config: ClassifierConfig) -> None:
+        super().__init__()
+        if not config.labels:
+            raise ConfigError("classifier config has no labels; the trainer sets them from the training data")
+        self.config = config
+        self.encoders = nn.ModuleDict({m: _build_encoder(e) for m, e in config.encoders.items()})
+        dims = {m: e.dim for m, e in config.encoders.items()}
+        self.fusion = FUSIONS[config.fusion.kind](dims, config.fusion.dim, **config.fusion.options)
+        self.head = nn.Sequential(nn.GELU(), nn.Dropout(config.head_dropout), nn.Linear(config.fusion.dim, len(config.labels)))
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.config.modalities
+
+    def encode(self, inputs: ModalityInputs) -> dict[str, EncodedModality]:
+        """Each modality's tokens; absent rows are encoded too (their zeros) and replaced by the fusion."""
+        missing = [m for m in self.modalities if m not in inputs.values]
+        if missing:
+            raise ShapeError(f"inputs lack modalities {missing}; the model uses {list(self.modalities)}")
+        out = {}
+        for m, enc in self.encoders.items():
+            if m == "audio":
+                out[m] = enc(inputs.values[m], inputs.audio_lengths)
+            else:
+                out[m] = enc(inputs.values[m])
+        return out
+
+    def forward(self, inputs: ModalityInputs) -> Tensor:
+        """Logits ``(B, num_classes)``."""
+        encoded = self.encode(inputs)
+        # token fusions (cross-modal attention) take the sequences, vector fusions the pooled vectors
+        features = {m: e.tokens if self.fusion.uses_tokens else e.pooled for m, e in encoded.items()}
+        masks = {m: e.mask for m, e in encoded.items()}
+        present = {m: inputs.present[m] for m in self.modalities}
+        return self.head(self.fusion(features, present, masks))
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """Every parameter (the whole model is trained); what ``polymodal.models.io.save_model`` writes."""
+        return {k: v.detach() for k, v in self.named_parameters()}
+
+
+def missing_modality_dropout(present: Mapping[str, Tensor], p: float, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """Drop each modality of each row with probability ``p``, keeping at least one present per row.
+
+    Args:
+        present: ``(B,)`` bool per modality.
+        p: drop probability.
+        generator: random stream.
+    """
+    names = list(present)
+    keep = torch.stack([present[m] for m in names], dim=1)  # (B, M)
+    drop = torch.rand(keep.shape, generator=generator) < p
+    new = keep & ~drop.to(keep.device)
+    # a row left with nothing gets back one of its originally present modalities, chosen at random
+    empty = ~new.any(dim=1)
+    if bool(empty.any()):
+        scores = torch.rand(keep.shape, generator=generator).to(keep.device).masked_fill(~keep, -1.0)
+        pick = scores.argmax(dim=1)
+        restore = torch.zeros_like(new)
+        restore[torch.arange(len(pick)), pick] = True
+        new = new | (restore & empty[:, None])
+    return {m: new[:, i] for i, m in enumerate(names)}

@@ -1,0 +1,247 @@
+"""Small per-modality encoders of the multimodal classifier, each ``input -> (tokens, valid mask)``.
+
+Tokens are ``(B, N, D)``; vector fusions mean-pool them, the cross-modal fusion attends over them.
+
+- image: a few conv blocks; the last feature map's cells are the tokens (with learned positions, so
+  "left of" can be read off);
+- audio: :class:`polymodal.towers.AudioCNN` over log-mels, one token per clip;
+- text: word embeddings with learned positions and a small transformer encoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from polymodal.errors import ConfigError, ShapeError
+from polymodal.nn.transformer import TransformerEncoder
+from polymodal.towers.audio_cnn import AudioCNN
+
+__all__ = [
+    "AudioEncoder",
+    "AudioEncoderConfig",
+    "EncodedModality",
+    "ImageEncoder",
+    "ImageEncoderConfig",
+    "TextEncoder",
+    "TextEncoderConfig",
+    "encoder_config_from_dict",
+]
+
+
+def _positive(owner: str, **values: int) -> None:
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ConfigError(f"{owner}.{name} must be a positive int, got {v!r}")
+
+
+@dataclass(frozen=True)
+class EncodedModality:
+    """One modality's encoding: ``tokens`` ``(B, N, D)``, ``mask`` ``(B, N)`` bool (true = valid) and
+    ``pooled`` ``(B, D)``, the one vector the vector fusions take."""
+
+    tokens: Tensor
+    mask: Tensor
+    pooled: Tensor
+
+
+@dataclass(frozen=True)
+class ImageEncoderConfig:
+    """Conv image encoder.
+
+    Args:
+        dim: token width.
+        channels: input channels (1 grey, 3 RGB).
+        image_size: input side in pixels (images are resized to it).
+        widths: conv widths; each block halves the side.
+    """
+
+    kind: str = "image_cnn"
+    dim: int = 32
+    channels: int = 1
+    image_size: int = 28
+    widths: tuple[int, ...] = (16, 32)
+
+    def __post_init__(self) -> None:
+        _positive("ImageEncoderConfig", dim=self.dim, channels=self.channels, image_size=self.image_size)
+        object.__setattr__(self, "widths", tuple(self.widths))
+        if not self.widths:
+            raise ConfigError("ImageEncoderConfig.widths must not be empty")
+        _positive("ImageEncoderConfig", **{f"widths[{i}]": w for i, w in enumerate(self.widths)})
+        if self.image_size % (2 ** len(self.widths)):
+            raise ConfigError(f"ImageEncoderConfig.image_size={self.image_size} must be divisible by 2**{len(self.widths)}")
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.image_size // 2 ** len(self.widths)) ** 2
+
+
+@dataclass(frozen=True)
+class AudioEncoderConfig:
+    """Log-mel CNN audio encoder; the log-mel settings are part of it so a saved model featurises alike.
+
+    Args:
+        dim: embedding width.
+        sample_rate: rate the waveform is resampled to before featurising.
+        seconds: clips are padded or cut to this length.
+        n_fft: FFT size.
+        hop_length: samples between frames.
+        n_mels: mel bands.
+        widths: AudioCNN block widths.
+    """
+
+    kind: str = "audio_cnn"
+    dim: int = 32
+    sample_rate: int = 8000
+    seconds: float = 1.0
+    n_fft: int = 256
+    hop_length: int = 128
+    n_mels: int = 32
+    widths: tuple[int, ...] = (16, 32, 32)
+
+    def __post_init__(self) -> None:
+        _positive("AudioEncoderConfig", dim=self.dim, sample_rate=self.sample_rate, n_fft=self.n_fft,
+                  hop_length=self.hop_length, n_mels=self.n_mels)  # fmt: skip
+        object.__setattr__(self, "widths", tuple(self.widths))
+        if not self.seconds > 0:
+            raise ConfigError(f"AudioEncoderConfig.seconds must be > 0, got {self.seconds}")
+
+    @property
+    def num_samples(self) -> int:
+        return int(round(self.sample_rate * self.seconds))
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """Word-embedding transformer text encoder.
+
+    Args:
+        dim: token width.
+        vocab: the words of the tokenizer (specials excluded), filled in from the training texts.
+        max_length: tokens per text, ``<bos>``/``<eos>`` included.
+        depth: transformer layers.
+        heads: attention heads.
+    """
+
+    kind: str = "text_transformer"
+    dim: int = 32
+    vocab: tuple[str, ...] = field(default_factory=tuple)
+    max_length: int = 16
+    depth: int = 1
+    heads: int = 4
+
+    def __post_init__(self) -> None:
+        _positive("TextEncoderConfig", dim=self.dim, max_length=self.max_length, depth=self.depth, heads=self.heads)
+        object.__setattr__(self, "vocab", tuple(self.vocab))
+        if self.dim % self.heads:
+            raise ConfigError(f"TextEncoderConfig.dim={self.dim} must be divisible by heads={self.heads}")
+
+
+EncoderConfig = ImageEncoderConfig | AudioEncoderConfig | TextEncoderConfig
+_ENCODER_CONFIGS: dict[str, type[Any]] = {
+    "image_cnn": ImageEncoderConfig,
+    "audio_cnn": AudioEncoderConfig,
+    "text_transformer": TextEncoderConfig,
+}
+MODALITY_OF_ENCODER = {"image_cnn": "image", "audio_cnn": "audio", "text_transformer": "text"}
+
+
+def encoder_config_from_dict(d: dict[str, Any]) -> EncoderConfig:
+    """An encoder config from its preset dict; ``kind`` picks the class."""
+    kind = d.get("kind")
+    if kind not in _ENCODER_CONFIGS:
+        raise ConfigError(f"unknown encoder kind {kind!r}; known: {', '.join(_ENCODER_CONFIGS)}")
+    cls = _ENCODER_CONFIGS[kind]
+    unknown = set(d) - set(cls.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"encoder {kind!r}: unknown fields {sorted(unknown)}")
+    return cls(**d)
+
+
+def encoder_config_to_dict(c: EncoderConfig) -> dict[str, Any]:
+    d = asdict(c)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+class ImageEncoder(nn.Module):
+    """Conv blocks (3x3 conv, GroupNorm, GELU, 2x2 max pool), a 1x1 projection, learned cell positions.
+
+    Args:
+        config: the settings.
+    """
+
+    def __init__(self, config: ImageEncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        blocks: list[nn.Module] = []
+        prev = config.channels
+        for w in config.widths:
+            # GroupNorm, not BatchNorm: no running statistics, so the saved weights are the whole model
+            blocks += [nn.Conv2d(prev, w, 3, padding=1), nn.GroupNorm(min(8, w), w), nn.GELU(), nn.MaxPool2d(2)]
+            prev = w
+        self.blocks = nn.Sequential(*blocks)
+        self.proj = nn.Conv2d(prev, config.dim, 1)
+        self.pos = nn.Parameter(torch.randn(config.num_tokens, config.dim) * 0.02)
+        # The pooled vector is a linear map of all cells, not their mean: a mean over the cells of a
+        # shallow CNN keeps which strokes occur but not where, and MNIST digits differ by where.
+        self.pool = nn.Linear(config.num_tokens * config.dim, config.dim)
+
+    def forward(self, images: Tensor) -> EncodedModality:
+        """Encode ``(B, C, H, W)`` images in [0, 1]."""
+        c = self.config
+        if images.ndim != 4 or images.shape[1:] != (c.channels, c.image_size, c.image_size):
+            raise ShapeError(f"ImageEncoder: images must be (B, {c.channels}, {c.image_size}, {c.image_size}), got {tuple(images.shape)}")
+        x = self.proj(self.blocks(images * 2.0 - 1.0))  # (B, D, h, w)
+        tokens = x.flatten(2).transpose(1, 2) + self.pos  # (B, h*w, D)
+        pooled = self.pool(nn.functional.gelu(tokens).flatten(1))  # (B, h*w*D) -> (B, D)
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return EncodedModality(tokens, mask, pooled)
+
+
+class AudioEncoder(nn.Module):
+    """:class:`polymodal.towers.AudioCNN` over ``(B, n_mels, frames)`` log-mels; one token per clip.
+
+    Args:
+        config: the settings.
+    """
+
+    def __init__(self, config: AudioEncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.cnn = AudioCNN(config.n_mels, config.dim, channels=config.widths)
+
+    def forward(self, log_mels: Tensor, lengths: Tensor | None = None) -> EncodedModality:
+        """Encode log-mels with ``(B,)`` valid frame counts."""
+        v = self.cnn(log_mels, lengths)  # (B, D)
+        return EncodedModality(v[:, None, :], torch.ones(v.shape[0], 1, dtype=torch.bool, device=v.device), v)
+
+
+class TextEncoder(nn.Module):
+    """Token embeddings plus learned positions, then a pre-norm transformer encoder.
+
+    Args:
+        config: the settings; ``len(config.vocab) + 4`` ids (the tokenizer's specials first).
+    """
+
+    def __init__(self, config: TextEncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(len(config.vocab) + 4, config.dim, padding_idx=0)
+        self.pos = nn.Parameter(torch.randn(config.max_length, config.dim) * 0.02)
+        self.encoder = TransformerEncoder(config.dim, config.heads, config.depth, mlp_ratio=2.0)
+
+    def forward(self, ids: Tensor) -> EncodedModality:
+        """Encode ``(B, L)`` token ids (0 = padding)."""
+        if ids.ndim != 2 or ids.shape[1] > self.config.max_length:
+            raise ShapeError(f"TextEncoder: ids must be (B, L <= {self.config.max_length}), got {tuple(ids.shape)}")
+        valid = ids != 0  # (B, L)
+        # a fully padded row (an absent text) keeps one valid position so attention has a key
+        valid = valid.clone()
+        valid[:, 0] = True
+        x = self.embed(ids) + self.pos[: ids.shape[1]]  # (B, L, D)
+        tokens = self.encoder(x, key_padding_mask=~valid)  # (B, L, D)
+        w = valid.to(tokens.dtype)[..., None]
+        return EncodedModality(tokens, valid, (tokens * w).sum(1) / w.sum(1))

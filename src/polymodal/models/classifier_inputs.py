@@ -1,0 +1,150 @@
+"""Records -> tensors for the multimodal classifier, in two steps so perturbations can sit between them.
+
+:func:`raw_inputs` turns records into raw tensors (images in [0, 1], waveforms, texts) and presence
+masks; :func:`featurize` turns those into model inputs (log-mels, token ids). Robustness evaluation
+corrupts the raw tensors (noise on pixels, on the waveform, typos in the text) and featurises again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from polymodal.data.audio import Audio, MelConfig, MelSpectrogram, log_mel, pad_or_trim
+from polymodal.data.record import Record
+from polymodal.data.text import WordTokenizer
+from polymodal.errors import DataError
+from polymodal.models.classifier import ClassifierConfig, ModalityInputs
+from polymodal.models.classifier_encoders import AudioEncoderConfig, ImageEncoderConfig, TextEncoderConfig
+
+__all__ = ["RawInputs", "featurize", "raw_inputs"]
+
+
+@dataclass
+class RawInputs:
+    """Raw tensors of a set of records.
+
+    Args:
+        values: ``image`` ``(N, C, H, W)`` floats in [0, 1]; ``audio`` ``(N, S)`` waveforms padded or cut
+            to the encoder's length; ``text`` is not here (see ``texts``).
+        texts: the texts ("" where absent), or ``None`` if the model reads no text.
+        audio_samples: ``(N,)`` valid samples per waveform, or ``None``.
+        present: ``(N,)`` bool per modality.
+    """
+
+    values: dict[str, Tensor]
+    texts: list[str] | None
+    audio_samples: Tensor | None
+    present: dict[str, Tensor]
+
+
+def _image_tensor(value: object, c: ImageEncoderConfig, source: str) -> Tensor:
+    if not isinstance(value, Image.Image):
+        raise DataError(source, f"image must be a decoded PIL image, got {type(value).__name__}")
+    img = value.convert("L" if c.channels == 1 else "RGB")
+    if img.size != (c.image_size, c.image_size):
+        img = img.resize((c.image_size, c.image_size), Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    t = torch.from_numpy(arr)
+    return t[None] if c.channels == 1 else t.permute(2, 0, 1)  # (C, H, W)
+
+
+def _waveform(value: object, c: AudioEncoderConfig, source: str) -> Tensor:
+    if not isinstance(value, Audio):
+        raise DataError(source, f"audio must be decoded Audio, got {type(value).__name__}")
+    samples = value.samples if value.samples.ndim == 1 else value.samples.mean(axis=0)  # mono
+    if value.sample_rate != c.sample_rate:
+        import soxr
+
+        samples = soxr.resample(samples, value.sample_rate, c.sample_rate).astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+
+
+def raw_inputs(config: ClassifierConfig, records: Sequence[Record], *, require_all: bool | None = None) -> RawInputs:
+    """Raw tensors and presence masks of ``records``.
+
+    Args:
+        config: the model's config (which modalities, sizes).
+        records: the examples.
+        require_all: raise when a record lacks one of the model's modalities; ``None`` means "unless the
+            model was trained with modality dropout" (a model trained without it has never seen a
+            missing modality, so its answer on one would be meaningless).
+
+    Raises:
+        DataError: a record lacks a required modality (naming the record and the modality), or holds
+            the wrong type.
+    """
+    if require_all is None:
+        require_all = config.modality_dropout == 0.0
+    n = len(records)
+    values: dict[str, Tensor] = {}
+    present: dict[str, Tensor] = {}
+    texts: list[str] | None = None
+    audio_samples: Tensor | None = None
+    for m, enc in config.encoders.items():
+        mask = torch.tensor([getattr(r, m) is not None for r in records], dtype=torch.bool)
+        if require_all and not bool(mask.all()):
+            bad = records[int((~mask).nonzero()[0, 0])]
+            raise DataError(
+                bad.source or bad.key or None,
+                f"record {bad.key!r} has no {m}; this model needs {' and '.join(config.modalities)} "
+                "(it was trained without modality dropout, so it cannot answer with one missing)",
+            )
+        present[m] = mask
+        if isinstance(enc, ImageEncoderConfig):
+            out = torch.zeros(n, enc.channels, enc.image_size, enc.image_size)
+            for i, r in enumerate(records):
+                if r.image is not None:
+                    out[i] = _image_tensor(r.image, enc, r.source or r.key)
+            values[m] = out
+        elif isinstance(enc, AudioEncoderConfig):
+            out = torch.zeros(n, enc.num_samples)
+            lengths = torch.full((n,), enc.num_samples, dtype=torch.int64)
+            for i, r in enumerate(records):
+                if r.audio is not None:
+                    w = _waveform(r.audio, enc, r.source or r.key)
+                    lengths[i] = max(1, min(len(w), enc.num_samples))
+                    out[i] = pad_or_trim(w, enc.num_samples)
+            values[m], audio_samples = out, lengths
+        elif isinstance(enc, TextEncoderConfig):
+            texts = []
+            for r in records:
+                if r.text is not None and not isinstance(r.text, str):
+                    raise DataError(r.source or r.key or None, f"text must be a string, got {type(r.text).__name__}")
+                texts.append(r.text or "")
+    return RawInputs(values, texts, audio_samples, present)
+
+
+def featurize(config: ClassifierConfig, raw: RawInputs) -> ModalityInputs:
+    """Model inputs from raw tensors: log-mels (librosa-exact, per clip dB) and word ids.
+
+    Args:
+        config: the model's config.
+        raw: from :func:`raw_inputs`, possibly corrupted.
+    """
+    values: dict[str, Tensor] = {}
+    audio_lengths = None
+    for m, enc in config.encoders.items():
+        if isinstance(enc, ImageEncoderConfig):
+            values[m] = raw.values[m].clamp(0.0, 1.0)
+        elif isinstance(enc, AudioEncoderConfig):
+            mel = MelSpectrogram(
+                MelConfig(sample_rate=enc.sample_rate, n_fft=enc.n_fft, hop_length=enc.hop_length, n_mels=enc.n_mels, pad_mode="constant")
+            )
+            with torch.no_grad():
+                feats = log_mel(mel(raw.values[m]))  # (N, n_mels, frames)
+            values[m] = feats
+            assert raw.audio_samples is not None
+            audio_lengths = (raw.audio_samples // enc.hop_length + 1).clamp(max=feats.shape[-1])
+        elif isinstance(enc, TextEncoderConfig):
+            tok = WordTokenizer(list(enc.vocab))
+            assert raw.texts is not None
+            batch = tok.encode(raw.texts, max_length=enc.max_length)
+            ids = torch.as_tensor(batch.input_ids, dtype=torch.int64)  # (N, L)
+            values[m] = ids
+    return ModalityInputs(values, dict(raw.present), audio_lengths)

@@ -1,0 +1,316 @@
+"""Training and scoring the multimodal classifier on records: built-in data sources, label checks,
+modality dropout, model selection on the validation split only.
+
+Inputs are featurised once (log-mels precomputed) and batches are index slices of those tensors, so an
+epoch over avdigits takes seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from polymodal.data.record import Record
+from polymodal.errors import ConfigError, DataError
+from polymodal.models.classifier import (
+    ClassifierConfig,
+    ModalityInputs,
+    MultimodalClassifier,
+    missing_modality_dropout,
+)
+from polymodal.models.classifier_encoders import TextEncoderConfig
+from polymodal.models.classifier_inputs import featurize, raw_inputs
+
+__all__ = [
+    "BUILTIN_DATA",
+    "DataSplits",
+    "FitResult",
+    "accuracy",
+    "encode_labels",
+    "fit_classifier",
+    "load_data",
+    "predict",
+]
+
+BUILTIN_DATA: tuple[str, ...] = ("builtin:avdigits", "builtin:shapes-vqa")
+
+
+@dataclass
+class DataSplits:
+    """Records of a data source's splits and the names of its integer labels."""
+
+    name: str
+    splits: dict[str, list[Record]]
+    label_names: tuple[str, ...]
+
+
+def load_data(spec: str, *, splits: Sequence[str] = ("train", "val", "test"), vqa_sizes: dict[str, int] | None = None) -> DataSplits:
+    """Load a built-in data source.
+
+    Args:
+        spec: "builtin:avdigits" (image + spoken digit -> digit) or "builtin:shapes-vqa" (scene + question
+            -> answer word).
+        splits: which splits to load.
+        vqa_sizes: records per split for shapes-vqa (default train 12000, val 1000, test 2000).
+    """
+    if spec == "builtin:avdigits":
+        from polymodal.data.avdigits import load_avdigits
+
+        return DataSplits(spec, {s: load_avdigits(s) for s in splits}, tuple(str(d) for d in range(10)))
+    if spec == "builtin:shapes-vqa":
+        from polymodal.data.shapes import ANSWERS, load_shapes
+
+        sizes = {"train": 12000, "val": 1000, "test": 2000, **(vqa_sizes or {})}
+        return DataSplits(spec, {s: load_shapes(s, n=sizes[s], kind="vqa") for s in splits}, ANSWERS)
+    raise ConfigError(f"unknown data {spec!r}; known: {', '.join(BUILTIN_DATA)}")
+
+
+def _label_name(record: Record, names: Sequence[str]) -> str:
+    label = record.label
+    if label is None:
+        raise DataError(record.source or record.key or None, f"record {record.key!r} has no label")
+    if isinstance(label, str):
+        return label
+    if isinstance(label, (int, torch.Tensor)) and not isinstance(label, bool):
+        i = int(label)
+        if names and not 0 <= i < len(names):
+            raise DataError(record.source or None, f"label {i} is outside the {len(names)} known labels")
+        return names[i] if names else str(i)
+    raise DataError(record.source or None, f"label must be an int or a string, got {type(label).__name__}")
+
+
+def encode_labels(records: Sequence[Record], *, model_labels: Sequence[str], label_names: Sequence[str] = (), split: str = "eval") -> Tensor:
+    """Label indices in the model's label order.
+
+    Args:
+        records: the examples.
+        model_labels: the model's labels (``config.labels``).
+        label_names: names of integer labels in ``records`` (the data source's label list).
+        split: what the records are, for the message.
+
+    Raises:
+        DataError: labels the model was not trained on, listed by name.
+    """
+    index = {name: i for i, name in enumerate(model_labels)}
+    names = [_label_name(r, label_names) for r in records]
+    unknown = sorted({n for n in names if n not in index})
+    if unknown:
+        raise DataError(
+            None,
+            f"{split} labels differ from the model's training labels: not in training: {unknown[:20]}"
+            f"{' ...' if len(unknown) > 20 else ''}; the model knows {list(model_labels)[:20]}",
+        )
+    return torch.tensor([index[n] for n in names], dtype=torch.int64)
+
+
+def prepare(config: ClassifierConfig, records: Sequence[Record], *, require_all: bool | None = None) -> ModalityInputs:
+    """Featurised model inputs of ``records`` (see :mod:`polymodal.models.classifier_inputs`)."""
+    return featurize(config, raw_inputs(config, records, require_all=require_all))
+
+
+@torch.no_grad()
+def predict(model: MultimodalClassifier, inputs: ModalityInputs, *, batch_size: int = 256) -> Tensor:
+    """Predicted class indices ``(N,)``."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(inputs), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(inputs)))
+        out.append(model(inputs.select(idx).to(device)).argmax(dim=-1).cpu())
+    return torch.cat(out)
+
+
+def accuracy(model: MultimodalClassifier, inputs: ModalityInputs, labels: Tensor) -> float:
+    """Fraction of ``inputs`` classified as ``labels``."""
+    return float((predict(model, inputs) == labels).float().mean())
+
+
+@dataclass
+class FitResult:
+    """A trained model and how it got there."""
+
+    model: MultimodalClassifier
+    best_epoch: int
+    val_accuracy: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _text_vocab(config: ClassifierConfig, train: Sequence[Record]) -> ClassifierConfig:
+    """Fill each text encoder's vocabulary from the training texts (never from val or test)."""
+    from polymodal.data.text import WordTokenizer
+
+    encoders = dict(config.encoders)
+    for m, enc in encoders.items():
+        if isinstance(enc, TextEncoderConfig) and not enc.vocab:
+            tok = WordTokenizer.build([r.text for r in train if r.text])
+            import dataclasses
+
+            encoders[m] = dataclasses.replace(enc, vocab=tuple(tok.itos[4:]))
+    return config.replace(encoders=encoders)
+
+
+def fit_classifier(
+    config: ClassifierConfig,
+    data: DataSplits,
+    *,
+    epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    device: str = "cpu",
+    log: Any = None,
+) -> FitResult:
+    """Train on ``data.splits["train"]``, keep the epoch with the best accuracy on ``data.splits["val"]``.
+
+    Args:
+        config: the model config; labels and text vocabulary are filled in from the training split.
+        data: needs "train" and "val".
+        epochs: passes over the training set.
+        batch_size: examples per step.
+        lr: AdamW learning rate (cosine-decayed to 0).
+        weight_decay: AdamW weight decay.
+        seed: seeds initialisation, shuffling and modality dropout.
+        device: torch device.
+        log: optional ``callable(str)`` for progress lines.
+    """
+    for s in ("train", "val"):
+        if s not in data.splits or not data.splits[s]:
+            raise ConfigError(f"{data.name}: training needs a non-empty {s!r} split")
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    train, val = data.splits["train"], data.splits["val"]
+    train_names = sorted({_label_name(r, data.label_names) for r in train})
+    labels = tuple(data.label_names) if data.label_names else tuple(train_names)
+    config = _text_vocab(config.replace(labels=labels), train)
+    model = MultimodalClassifier(config).to(device)
+    x_train = prepare(config, train, require_all=False)
+    y_train = encode_labels(train, model_labels=labels, label_names=data.label_names, split="train")
+    x_val = prepare(config, val, require_all=False)
+    y_val = encode_labels(val, model_labels=labels, label_names=data.label_names, split="val")
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * ((len(train) + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
+    gen = torch.Generator().manual_seed(seed)
+    loss_fn = nn.CrossEntropyLoss()
+    best = (-1.0, -1, copy.deepcopy(model.state_dict()))
+    history = []
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(train), generator=gen)
+        total = 0.0
+        for start in range(0, len(train), batch_size):
+            idx = order[start : start + batch_size]
+            batch = x_train.select(idx)
+            if config.modality_dropout > 0:
+                batch.present = missing_modality_dropout(batch.present, config.modality_dropout, gen)
+            logits = model(batch.to(device))
+            loss = loss_fn(logits, y_train[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+        val_acc = accuracy(model, x_val, y_val)
+        history.append({"epoch": epoch, "train_loss": total / len(train), "val_accuracy": val_acc})
+        if log:
+            log(f"epoch {epoch}: loss {total / len(train):.4f} val acc {val_acc:.4f}")
+        if val_acc > best[0]:  # model selection on the validation split only
+            best = (val_acc, epoch, copy.deepcopy(model.state_dict()))
+    model.load_state_dict(best[2])
+    model.eval()
+    return FitResult(model.cpu(), best[1], best[0], history, time.perf_counter() - t0)
+
+
+def save_classifier(result: FitResult, out: str | Path, *, data: str, extra: dict[str, Any] | None = None) -> Path:
+    """Write the model folder (``config.json`` + ``model.safetensors``) with the training record."""
+    from polymodal.models.io import save_model
+
+    return save_model(
+        result.model,
+        out,
+        extra={
+            "data": data,
+            "training": {
+                "best_epoch": result.best_epoch,
+                "val_accuracy": result.val_accuracy,
+                "history": result.history,
+                "seconds": round(result.seconds, 1),
+            },
+            **(extra or {}),
+        },
+    )
+
+
+def default_preset(data: str, fusion: str) -> str:
+    """The preset of ``polymodal fuse train --data DATA --fusion FUSION``.
+
+    avdigits: ``fusion-{fusion}`` (fusion kinds, or "image"/"audio" for the unimodal baselines);
+    shapes-vqa: ``vqa-cross`` for "cross_modal", ``vqa-question``/``vqa-image`` for the baselines.
+    """
+    if data == "builtin:shapes-vqa":
+        table = {"cross_modal": "vqa-cross", "question": "vqa-question", "text": "vqa-question", "image": "vqa-image"}
+        if fusion not in table:
+            raise ConfigError(f"shapes-vqa models: --fusion one of {sorted(table)}, got {fusion!r}")
+        return table[fusion]
+    return f"fusion-{fusion}"
+
+
+def train_run(
+    data: str,
+    out: str | Path,
+    *,
+    fusion: str = "tensor",
+    preset: str | None = None,
+    epochs: int = 15,
+    seed: int = 0,
+    device: str = "cpu",
+    modality_dropout: float | None = None,
+    log: Any = None,
+) -> FitResult:
+    """Load ``data``, build the preset, train with model selection on val, save to ``out``."""
+    from polymodal.models.build import load_preset
+
+    config = load_preset(preset or default_preset(data, fusion))
+    if not isinstance(config, ClassifierConfig):
+        raise ConfigError(f"preset {preset!r} is not a classifier preset")
+    if modality_dropout is not None:
+        config = config.replace(modality_dropout=modality_dropout)
+    splits = load_data(data, splits=("train", "val"))
+    result = fit_classifier(config, splits, epochs=epochs, seed=seed, device=device, log=log)
+    save_classifier(result, out, data=data, extra={"preset": preset or default_preset(data, fusion), "seed": seed})
+    return result
+
+
+def load_classifier(path: str | Path) -> tuple[MultimodalClassifier, dict[str, Any]]:
+    """A saved classifier and its ``config.json``."""
+    from polymodal.errors import CheckpointError
+    from polymodal.models.io import load, read_config
+
+    cfg = read_config(Path(path))
+    if cfg.get("kind") != "classifier":
+        raise CheckpointError(f"{path}: a {cfg.get('kind')!r} model, not a classifier")
+    return load(path), cfg
+
+
+def evaluate_run(path: str | Path, *, data: str | None = None, split: str = "test") -> dict[str, Any]:
+    """``{"accuracy": {"all": A, "missing:image": B, ...}, "data", "split", "n"}`` of a saved classifier."""
+    from polymodal.eval.robustness import missing_modality_accuracy
+
+    model, cfg = load_classifier(path)
+    data = data or cfg.get("data")
+    if not data:
+        raise ConfigError(f"{path}: config.json names no data; pass --data")
+    d = load_data(data, splits=(split,))
+    records = d.splits[split]
+    labels = encode_labels(records, model_labels=model.config.labels, label_names=d.label_names, split=split)
+    return {"accuracy": missing_modality_accuracy(model, records, labels), "data": data, "split": split, "n": len(records)}
