@@ -18,9 +18,23 @@ def _aligner() -> tuple[Callable[[dict[str, Any]], Any], Callable[[Any], nn.Modu
     return AlignerConfig.from_dict, Aligner
 
 
+def _clip() -> tuple[Callable[[dict[str, Any]], Any], Callable[[Any], nn.Module]]:
+    from polymodal.models.clip import CLIP, CLIPConfig
+
+    return CLIPConfig.from_dict, CLIP
+
+
+def _classifier() -> tuple[Callable[[dict[str, Any]], Any], Callable[[Any], nn.Module]]:
+    from polymodal.models.classifier import ClassifierConfig, MultimodalClassifier
+
+    return ClassifierConfig.from_dict, MultimodalClassifier
+
+
 # kind -> (config from dict, model from config). New model families add a line here.
 KINDS: dict[str, Callable[[], tuple[Callable[[dict[str, Any]], Any], Callable[[Any], nn.Module]]]] = {
     "aligner": _aligner,
+    "classifier": _classifier,
+    "clip": _clip,
 }
 
 
@@ -31,7 +45,7 @@ def config_from_dict(d: dict[str, Any]) -> Any:
     return KINDS[kind]()[0](d)
 
 
-def build_model(config: Any) -> nn.Module:
+def build_model(config: Any) -> Any:
     kind = getattr(config, "kind", None)
     if kind not in KINDS:
         raise ConfigError(f"unknown model kind {kind!r}; known: {', '.join(KINDS)}")

