@@ -17,7 +17,7 @@ def cli() -> None:
 
 
 # Each module holds one command group and exports COMMANDS; a new group adds its module name here.
-COMMAND_MODULES = ("aligner_cmds", "search_cmds", "data_cmds", "v2l_cmds")
+COMMAND_MODULES = ("aligner_cmds", "search_cmds", "data_cmds", "v2l_cmds", "fuse_cmds")
 
 
 def _register() -> None:

@@ -32,7 +32,7 @@ class Fusion(nn.Module):
     """Base of the fusion modules: input checks and missing-modality embeddings.
 
     Args:
-        dims: width of each modality's features, in a fixed order (the order of concatenation).
+        dims: width of each modality's features; modalities are taken in name order.
         out_dim: width of the fused output.
     """
 
@@ -47,8 +47,10 @@ class Fusion(nn.Module):
                 raise ConfigError(f"{type(self).__name__}: width of {name!r} must be a positive int, got {d!r}")
         if isinstance(out_dim, bool) or not isinstance(out_dim, int) or out_dim <= 0:
             raise ConfigError(f"{type(self).__name__}: out_dim must be a positive int, got {out_dim!r}")
-        self.dims: dict[str, int] = dict(dims)
-        self.modalities: tuple[str, ...] = tuple(dims)
+        # Sorted by name, so concatenation order and per-modality parameters (``factors.0``) do not depend
+        # on dict order, which a JSON round trip with sorted keys would change.
+        self.dims: dict[str, int] = {m: dims[m] for m in sorted(dims)}
+        self.modalities: tuple[str, ...] = tuple(self.dims)
         self.out_dim = out_dim
         # Small random init (not zeros) so two missing modalities are distinguishable from the start.
         self.missing = nn.ParameterDict({m: nn.Parameter(torch.randn(d) * 0.02) for m, d in dims.items()})
