@@ -15,7 +15,7 @@ import random
 from collections.abc import Iterable, Sequence
 
 # Sentence frames shared with the zero-shot templates in polymodal.eval.templates.
-FRAMES: tuple[str, ...] = ("an emoji of {}.", "an icon of {}.", "a picture of {}.")
+FRAMES: tuple[str, ...] = ("an emoji of {}.", "an icon of {}.")
 
 
 def clean_tags(tags: Iterable[str], *, banned: set[str]) -> list[str]:
@@ -32,7 +32,7 @@ def clean_tags(tags: Iterable[str], *, banned: set[str]) -> list[str]:
 
 
 def caption_variants(
-    annotation: str, tags: Sequence[str], *, banned: set[str] = frozenset(), n_tag_variants: int = 3, seed: int = 0
+    annotation: str, tags: Sequence[str], *, banned: set[str] = frozenset(), n_tag_variants: int = 2, seed: int = 0
 ) -> list[str]:
     """The plain annotation first (used for retrieval evaluation), then framed and tagged variants."""
     rng = random.Random(f"{seed}:{annotation}")
