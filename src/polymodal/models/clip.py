@@ -326,8 +326,11 @@ class CLIP(nn.Module):
     # The user-facing calls are the aligner's, written against the trunk protocol; reuse them as they are.
     encode_image = Aligner.encode_image
     encode_text = Aligner.encode_text
-    scale = Aligner.scale
     zeroshot = Aligner.zeroshot
+
+    def scale(self) -> Tensor:
+        """``exp(logit_scale)``, clamped at ``exp(max_logit_scale)`` as in CLIP."""
+        return self.logit_scale.clamp(max=self.config.max_logit_scale).exp()
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """Every parameter: nothing is frozen in a from-scratch model."""

@@ -60,8 +60,8 @@ def load(path: str | Path) -> Any:
 
     path = Path(path)
     if is_hf_clip_dir(path):  # a Hugging Face CLIP checkpoint folder, read offline
-        hf = load_hf_clip(path)
-        hf.model_id = model_id(path)  # type: ignore[attr-defined]
+        hf: Any = load_hf_clip(path)
+        hf.model_id = model_id(path)
         return hf
     cfg = read_config(path)
     kind = cfg.get("kind")

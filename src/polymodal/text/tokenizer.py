@@ -34,8 +34,9 @@ class Tokenizer:
         self.backend = backend
         self.kind = kind
         self.bos_token, self.eot_token, self.pad_token = bos_token, eot_token, pad_token
-        ids = {name: backend.token_to_id(name) for name in (bos_token, eot_token, pad_token)}
-        missing = [name for name, i in ids.items() if i is None]
+        found = {name: backend.token_to_id(name) for name in (bos_token, eot_token, pad_token)}
+        missing = [name for name, i in found.items() if i is None]
+        ids = {name: i for name, i in found.items() if i is not None}
         if missing:
             raise ConfigError(f"{kind} tokenizer: special token(s) {missing} are not in the vocabulary")
         # Mark them special (their ids stay), so decode() can skip them.

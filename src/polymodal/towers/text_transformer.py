@@ -19,13 +19,18 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from polymodal.errors import ConfigError, ShapeError
-from polymodal.nn import LearnedPositionalEmbedding, SinusoidalPositionalEncoding, TransformerEncoder
+from polymodal.nn import (
+    LearnedPositionalEmbedding,
+    SinusoidalPositionalEncoding,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
 from polymodal.nn._checks import describe
 from polymodal.nn.mlp import activation_layer
 from polymodal.towers.pooled_encoder import encode_one_position
@@ -127,7 +132,7 @@ class TextTransformer(nn.Module):
         if isinstance(self.pos, LearnedPositionalEmbedding):
             nn.init.normal_(self.pos.weight, std=0.01)
         proj_std = c.width**-0.5 * (2 * c.layers) ** -0.5
-        for layer in self.encoder.layers:
+        for layer in cast(list[TransformerEncoderLayer], list(self.encoder.layers)):
             nn.init.normal_(layer.self_attn.in_proj.weight, std=c.width**-0.5)
             nn.init.normal_(layer.self_attn.out_proj.weight, std=proj_std)
             nn.init.normal_(layer.mlp.fc1.weight, std=(2 * c.width) ** -0.5)
