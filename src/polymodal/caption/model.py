@@ -153,7 +153,7 @@ class Captioner(nn.Module):
         x = self._tokens(ids)
         maps = []
         for layer in self.decoder.layers:
-            maps.append(layer.cross_attention_weights(x, memory, causal=True))
+            maps.append(layer.cross_attention_weights(x, memory, causal=True))  # type: ignore[operator]
             x = layer(x, memory, causal=True)
         return torch.stack(maps)
 

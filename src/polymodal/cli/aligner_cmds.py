@@ -184,7 +184,7 @@ def _embed_share(model, share: list, *, texts: bool, progress: bool):
 
     arr = embed_texts(model, share, progress=progress) if texts else embed_images(model, share, progress=progress)
     parts = gather_to_main(arr)
-    return None if parts is None else np.concatenate(parts).astype(np.float32)
+    return None if parts is None else np.concatenate(list(map(np.asarray, parts))).astype(np.float32)
 
 
 @click.command()

@@ -29,7 +29,7 @@ def caption_train(out: str, epochs: int, dim: int, depth: int, image_size: int, 
     grids = extract_grids([r.image for r in records], image_size=image_size)
     cfg = CaptionTrainConfig(epochs=epochs, label_smoothing=label_smoothing, seed=seed,
                              model={"dim": dim, "depth": depth, "image_size": image_size})
-    result = train_captioner(grids, [r.text for r in records], cfg)
+    result = train_captioner(grids, [r.text or "" for r in records], cfg)
     save_captioner(result.model, out, extra={"history": result.history})
     click.echo(f"loss {result.history[0]['loss']:.3f} -> {result.history[-1]['loss']:.3f}; wrote {out}")
 

@@ -29,7 +29,7 @@ def augmented_view(img: Image.Image, view: int, *, key: str, background: tuple[i
     a, b = s * math.cos(theta), -s * math.sin(theta)
     d, e = s * math.sin(theta), s * math.cos(theta)
     coeffs = (a, b, cx + tx - (a * cx + b * cy), d, e, cy + ty - (d * cx + e * cy))
-    out = img.transform((w, h), Image.AFFINE, coeffs, resample=Image.BICUBIC, fillcolor=background)
+    out = img.transform((w, h), Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BICUBIC, fillcolor=background)
     if rng.random() < 0.2:
-        out = out.transpose(Image.FLIP_LEFT_RIGHT)
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return out

@@ -12,13 +12,13 @@ engineering observed, the frame matters as much as the word).
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
 
 # Sentence frames shared with the zero-shot templates in polymodal.eval.templates.
 FRAMES: tuple[str, ...] = ("an emoji of {}.", "an icon of {}.")
 
 
-def clean_tags(tags: Iterable[str], *, banned: set[str]) -> list[str]:
+def clean_tags(tags: Iterable[str], *, banned: Set[str]) -> list[str]:
     """Strip, drop empties, duplicates and any tag that spells a banned (class) name."""
     seen: set[str] = set()
     out = []
@@ -32,7 +32,7 @@ def clean_tags(tags: Iterable[str], *, banned: set[str]) -> list[str]:
 
 
 def caption_variants(
-    annotation: str, tags: Sequence[str], *, banned: set[str] = frozenset(), n_tag_variants: int = 2, seed: int = 0
+    annotation: str, tags: Sequence[str], *, banned: Set[str] = frozenset(), n_tag_variants: int = 2, seed: int = 0
 ) -> list[str]:
     """The plain annotation first (used for retrieval evaluation), then framed and tagged variants."""
     rng = random.Random(f"{seed}:{annotation}")

@@ -49,7 +49,7 @@ def _openmoji(split: str | None) -> PairSet:
     return PairSet(
         name=f"openmoji:{split or 'all'}",
         images=[r.image for r in records],
-        captions=[caption_variants(r.text, r.extra["tags"], banned=banned) for r in records],
+        captions=[caption_variants(r.text or "", r.extra["tags"], banned=banned) for r in records],
         keys=[r.key for r in records],
         labels={"group": [r.extra["group"] for r in records], "subgroup": [r.extra["subgroup"] for r in records]},
     )

@@ -9,7 +9,7 @@ what CLIP_benchmark reports for imbalanced test sets.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,7 @@ def fill_template(template: str, classname: str) -> str:
 
 
 def _class_prompts(
-    classnames: Sequence[str], templates: Sequence[str] | dict[str, Sequence[str]]
+    classnames: Sequence[str], templates: Sequence[str] | Mapping[str, Sequence[str]]
 ) -> list[list[str]]:
     """The list of prompt texts of each class, in ``classnames`` order."""
     if isinstance(templates, dict):
@@ -183,9 +183,9 @@ def classification_metrics(
     acc = {k: hit[:, : min(k, c)].any(dim=1).float().mean().item() for k in ks}
 
     pred = ranked[:, 0]
-    cm = torch.zeros(c * c, dtype=torch.int64)
-    cm.index_add_(0, y * c + pred, torch.ones(n, dtype=torch.int64))
-    cm = cm.view(c, c).numpy()  # (C true, C predicted)
+    counts = torch.zeros(c * c, dtype=torch.int64)
+    counts.index_add_(0, y * c + pred, torch.ones(n, dtype=torch.int64))
+    cm = counts.view(c, c).numpy()  # (C true, C predicted)
     support = cm.sum(axis=1)
     present = support > 0
     # Balanced accuracy (sklearn.metrics.balanced_accuracy_score): classes absent from targets have no

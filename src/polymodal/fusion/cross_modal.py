@@ -102,7 +102,7 @@ class CrossModalFusion(Fusion):
             memory = torch.cat([tokens[o] for o in others], dim=1)  # (B, sum N_o, d)
             memory_pad = ~torch.cat([valid[o] for o in others], dim=1)  # (B, sum N_o), True = padding
             x = tokens[m]
-            for block in self.blocks[m]:
+            for block in self.blocks[m]:  # type: ignore[attr-defined]
                 x = block(x, memory, key_padding_mask=~valid[m], memory_key_padding_mask=memory_pad)
             pooled.append(masked_mean(self.norm(x), valid[m]))  # (B, d)
         return self.out(torch.cat(pooled, dim=-1))

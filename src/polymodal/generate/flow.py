@@ -89,6 +89,7 @@ def sample_images(
     for i in range(steps):
         t = torch.full((n,), i * dt)
         if guided:
+            assert cond is not None
             v_both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, model.null_cond.expand(n, -1)]))
             v_c, v_u = v_both.chunk(2)
             v = v_u + guidance * (v_c - v_u)

@@ -118,7 +118,7 @@ class Aligner(nn.Module):
                 # softmax(q·(W_k x + b_k)) = softmax(q·W_k x + q·b_k): the bias adds the same q·b_k to every
                 # key's score, so its gradient is zero in exact arithmetic. Training it would only let
                 # Adam turn rounding noise into lr-sized steps.
-                layer.attention.self.key.bias.requires_grad_(False)
+                layer.attention.self.key.bias.requires_grad_(False)  # type: ignore[union-attr]
 
     def train(self, mode: bool = True) -> Aligner:
         super().train(mode)

@@ -27,8 +27,10 @@ class ProjectionHead(nn.Module):
         if hidden:
             # Residual so the head starts close to a linear map and cannot lose the tower's signal.
             self.mlp = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, in_dim))
-            nn.init.zeros_(self.mlp[-1].weight)
-            nn.init.zeros_(self.mlp[-1].bias)
+            last = self.mlp[-1]
+            assert isinstance(last, nn.Linear)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
         self.proj = nn.Linear(in_dim, out_dim, bias=False)
         if identity_init:
             if in_dim != out_dim:

@@ -28,6 +28,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -167,7 +168,7 @@ def barrier() -> None:
         dist.barrier()
 
 
-def main_print(*args: object, file: object = None) -> None:
+def main_print(*args: object, file: Any = None) -> None:
     """``print`` on rank 0 only, so N processes do not repeat every line."""
     if is_main():
         print(*args, file=file or sys.stdout, flush=True)
