@@ -80,6 +80,8 @@ def train_aligner(
 
     seed_everything(train_config.seed)
     model = build_model(model_config)
+    if hasattr(model, "fit_tokenizer"):  # a from-scratch CLIP learns its tokenizer from the training captions
+        model.fit_tokenizer([c for caps in splits["train"].captions for c in caps])
     trainer = DualEncoderTrainer(model, splits["train"], splits["val"], train_config, cache=cache, progress=progress)
     fit = trainer.fit(out / "checkpoint", resume=resume)
     if not main_process:
@@ -88,6 +90,8 @@ def train_aligner(
 
     seed_everything(train_config.seed)
     untrained = build_model(model_config)
+    if hasattr(untrained, "set_tokenizer"):
+        untrained.set_tokenizer(model.tokenizer)  # the untrained baseline reads text the same way
     ev = evaluate_aligner(model, splits["test"], cache=cache, train=splits["train"], val=splits["val"],
                           untrained=untrained, progress=progress)
     result = RunResult(out, ev.metrics, ev.baselines, fit, bad, time.perf_counter() - t0)
@@ -142,6 +146,12 @@ def write_run_report(out: Path, r: RunResult, ev: AlignerEvaluation, test: PairS
                   for srow, jrow in zip(top.values, top.indices)]
     figures["Retrieval examples (image → text)"] = plot_retrieval_examples(
         [test.images[i] for i in q], topk_texts, [test.texts[i] for i in q], fig_dir / "retrieval.png")
+    if hasattr(model, "attention_maps"):  # a ViT: where its [CLS] token looks in a few test images
+        from polymodal.models.clip_plots import plot_attention_maps
+
+        figures["Attention over image patches"] = plot_attention_maps(
+            model, [test.images[i] for i in pick[:4]], fig_dir / "attention.png",  # type: ignore[arg-type]
+            captions=[test.texts[i] for i in pick[:4]])
     if "group" in ev.confusion:
         classes, cm = ev.confusion["group"]
         figures["Zero-shot confusion (groups)"] = plot_confusion_matrix(cm, classes, fig_dir / "confusion_group.png")
