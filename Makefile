@@ -27,6 +27,9 @@ $(VENV)/.dev: pyproject.toml $(VENV)/.torch
 
 $(VENV)/.bench: pyproject.toml $(VENV)/.dev
 	$(BIN)/pip install -q -e '.[dev,bench]'
+	# OpenCLIP is the CLIP benchmark's peer; --no-deps keeps its torchvision requirement (a CUDA build
+	# here) out: the benchmark gives it a stand-in, it only calls create_model.
+	$(BIN)/pip install -q --no-deps open-clip-torch==3.3.0
 	@touch $@
 
 setup: $(VENV)/.core
