@@ -57,16 +57,17 @@ def _openmoji(split: str | None) -> PairSet:
 
 def _manifest(path: Path, split: str | None, *, strict: bool, max_pixels: int) -> PairSet:
     from polymodal.data.manifest import read_pairs
-    from polymodal.data.splits import split_of
 
     source = read_pairs(path, strict=strict, check_images=False)
     bad = list(source.bad)
     images, captions, keys, labels = [], [], [], []
-    has_split = any("split" in r.extra for r in source.records)
-    for r in source.records:
-        s = r.extra.get("split") if has_split else split_of(str(r.image))
-        if split is not None and s != split:
-            continue
+    if split is None:
+        chosen = source.records
+    elif any("split" in r.extra for r in source.records):  # the manifest says
+        chosen = [r for r in source.records if r.extra.get("split") == split]
+    else:  # by a hash of the image path relative to the manifest: stable when the folder moves
+        chosen = source.split(split)  # type: ignore[arg-type]
+    for r in chosen:
         try:
             img = load_image(r.image, max_pixels=max_pixels)
         except DataError as e:
