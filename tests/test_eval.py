@@ -36,14 +36,6 @@ from polymodal.eval.zeroshot import build_zeroshot_classifier, classification_me
 # ---------------------------------------------------------------- helpers
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine the thread hand-off
-    costs ~20x the work; restore the setting for other test files."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 

@@ -17,16 +17,6 @@ from polymodal.nn import (
     load_torch_mha_state,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add overhead (20x on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------------------------------------
 # dot_product_attention: the lookup table
 # ---------------------------------------------------------------------------------------------------

@@ -11,15 +11,6 @@ from polymodal.errors import ConfigError, ShapeError
 from polymodal.nn import LearnedPositionalEmbedding, SinusoidalPositionalEncoding, sinusoidal_table
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add overhead (20x on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _lecture_pe(pos: int, i: int, d: int) -> float:
     """PE(pos, i) exactly as written on the lecture slide."""
     if i % 2 == 0:

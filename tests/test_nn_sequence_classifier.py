@@ -9,16 +9,6 @@ import torch.nn.functional as F
 from polymodal.errors import ConfigError, DataError, ShapeError
 from polymodal.nn import RNNAttentionClassifier
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add overhead (20x on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 VOCAB, TARGET = 20, 7
 
 

@@ -21,16 +21,6 @@ from polymodal.nn import (
     load_torch_encoder_layer,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add overhead (20x on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 DIM, HEADS, FF, B, T, S = 16, 4, 24, 3, 6, 5
 ACTS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
