@@ -31,7 +31,13 @@ from polymodal.eval.linear_probe import linear_probe
 from polymodal.eval.report import format_metrics_table, write_report
 from polymodal.eval.retrieval import retrieval_metrics
 from polymodal.eval.templates import EMOJI_TEMPLATES, class_prompts
-from polymodal.eval.zeroshot import build_zeroshot_classifier, classification_metrics, zeroshot_classify
+from polymodal.eval.zeroshot import (
+    build_subclass_classifier,
+    build_zeroshot_classifier,
+    classification_metrics,
+    subclass_classify,
+    zeroshot_classify,
+)
 
 # ---------------------------------------------------------------- helpers
 
@@ -152,6 +158,42 @@ def test_zeroshot_classify_is_scaled_cosine() -> None:
     logits = zeroshot_classify(img, clf)
     s = 1 / math.sqrt(2)
     torch.testing.assert_close(logits, 100 * torch.tensor([[1.0, 0.0], [s, s]]))
+
+
+def test_subclass_classifier_sums_member_probabilities() -> None:
+    templates = ["{c}", "an emoji of {c}."]
+    members = [["animal", "dog", "cat"], ["food"], ["place", "house"]]
+    clf = build_subclass_classifier(fake_encode_text, members, templates)
+    assert clf.weights.shape == (16, 6) and clf.owner.tolist() == [0, 0, 0, 1, 2, 2]
+    # Each member column is that member's own prompt ensemble.
+    flat = build_zeroshot_classifier(fake_encode_text, ["dog"], templates)
+    torch.testing.assert_close(clf.weights[:, 1], flat[:, 0])
+
+    img = torch.randn(5, 16)
+    scale = 7.0
+    logp = subclass_classify(img, clf, logit_scale=scale)
+    probs = torch.softmax(scale * F.normalize(img, dim=-1) @ clf.weights, dim=1)  # (N, M), written out
+    expected = torch.stack([probs[:, :3].sum(1), probs[:, 3], probs[:, 4:].sum(1)], dim=1)
+    torch.testing.assert_close(logp.exp(), expected)
+    torch.testing.assert_close(logp.exp().sum(1), torch.ones(5))
+
+    # With one member per class the ranking is the flat prompt-ensemble classifier's.
+    single = build_subclass_classifier(fake_encode_text, [["animal"], ["food"], ["place"]], templates)
+    flat3 = build_zeroshot_classifier(fake_encode_text, ["animal", "food", "place"], templates)
+    assert torch.equal(
+        subclass_classify(img, single, logit_scale=scale).argmax(1), zeroshot_classify(img, flat3).argmax(1)
+    )
+
+
+def test_subclass_mass_beats_one_lucky_member() -> None:
+    # Class 0 has three members each fairly close to the image; class 1 one member slightly closer.
+    emb = {"a1": [1.0, 0.6, 0.0], "a2": [1.0, -0.6, 0.0], "a3": [1.0, 0.0, 0.6], "b": [1.0, 0.0, -0.45]}
+    clf = build_subclass_classifier(lambda t: torch.tensor([emb[x] for x in t]), [["a1", "a2", "a3"], ["b"]], ["{c}"])
+    img = torch.tensor([[1.0, 0.0, 0.0]])
+    assert (F.normalize(img, dim=-1) @ clf.weights).argmax().item() == 3  # best single member: class 1
+    assert subclass_classify(img, clf, logit_scale=10.0).argmax().item() == 0
+    with pytest.raises(ConfigError, match="no member"):
+        build_subclass_classifier(fake_encode_text, [["a"], []], ["{c}"])
 
 
 def test_classification_metrics_golden() -> None:

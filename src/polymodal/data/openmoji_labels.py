@@ -60,3 +60,20 @@ def subgroup_text(name: str) -> str:
 
 def group_text(name: str) -> str:
     return GROUP_TEXT.get(name, name.replace("-", " "))
+
+
+def subclass_texts(kind: str, name: str) -> list[str]:
+    """Subclass label texts of a class, for hierarchical zero-shot (CHiLS).
+
+    An OpenMoji group's subclasses are its subgroups, from the Unicode emoji taxonomy (the class
+    hierarchy, not any image's label); other classes have none.
+
+    Args:
+        kind: The label kind, ``"group"`` or ``"subgroup"``.
+        name: The class name.
+    """
+    from polymodal.data.openmoji import OPENMOJI_GROUPS, openmoji_subgroups
+
+    if kind != "group" or name not in OPENMOJI_GROUPS:
+        return []
+    return [subgroup_text(s) for s in openmoji_subgroups(name)]

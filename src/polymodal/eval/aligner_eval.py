@@ -21,12 +21,19 @@ from polymodal.eval.baselines import classification_baselines, retrieval_baselin
 from polymodal.eval.linear_probe import linear_probe
 from polymodal.eval.retrieval import retrieval_metrics
 from polymodal.eval.templates import EMOJI_TEMPLATES
-from polymodal.eval.zeroshot import build_zeroshot_classifier, classification_metrics, zeroshot_classify
+from polymodal.eval.zeroshot import (
+    build_subclass_classifier,
+    build_zeroshot_classifier,
+    classification_metrics,
+    subclass_classify,
+    zeroshot_classify,
+)
 from polymodal.models.protocol import DualEncoder
 from polymodal.train.feature_cache import FeatureCache
 from polymodal.train.trunk_features import image_trunk_features
 
 LabelText = Callable[[str, str], str]  # (label kind, class name) -> label text
+Subclasses = Callable[[str, str], list[str]]  # (label kind, class name) -> subclass label texts
 
 
 def default_label_text(kind: str, name: str) -> str:
@@ -37,6 +44,12 @@ def default_label_text(kind: str, name: str) -> str:
     if kind == "subgroup":
         return subgroup_text(name)
     return name.replace("-", " ").replace("_", " ")
+
+
+def default_subclasses(kind: str, name: str) -> list[str]:
+    from polymodal.data.openmoji_labels import subclass_texts
+
+    return subclass_texts(kind, name)
 
 
 @dataclass
@@ -63,6 +76,11 @@ def _raw_image_features(model: Any, pairs: PairSet, cache: FeatureCache) -> Tens
     return torch.cat([model.image_top(trunk[i : i + 256]) for i in range(0, len(trunk), 256)])
 
 
+def _temperature_scale(model: DualEncoder) -> float:
+    """``exp(logit_scale)`` clamped as in training: the temperature the model's similarities were fit at."""
+    return float(model.logit_scale.detach().clamp(max=model.config.max_logit_scale).exp())
+
+
 @torch.no_grad()
 def evaluate_aligner(
     model: DualEncoder,
@@ -73,12 +91,18 @@ def evaluate_aligner(
     val: PairSet | None = None,
     untrained: DualEncoder | None = None,
     label_text: LabelText = default_label_text,
+    subclasses: Subclasses = default_subclasses,
     templates: tuple[str, ...] = EMOJI_TEMPLATES,
     probe: bool = True,
     probe_cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0),
     progress: bool = False,
 ) -> AlignerEvaluation:
-    """All metrics of ``model`` on ``test``; ``train``/``val`` feed the probe and the majority baseline."""
+    """All metrics of ``model`` on ``test``; ``train``/``val`` feed the probe and the majority baseline.
+
+    Zero-shot classes with subclasses (``subclasses(kind, name)``, e.g. an OpenMoji group's subgroups)
+    are scored by :func:`~polymodal.eval.zeroshot.subclass_classify` at the model's own temperature;
+    classes without are scored by their prompt ensemble alone.
+    """
     img, txt = embed_pairs(model, test, cache=cache, progress=progress)
     owner = torch.arange(len(test))
     metrics: dict[str, float] = dict(retrieval_metrics(img, txt, owner))
@@ -95,8 +119,14 @@ def evaluate_aligner(
         texts = [label_text(kind, c) for c in classes]
         if len(set(texts)) != len(texts):  # two classes with the same text: keep them apart by name
             texts = [f"{t} ({c})" if texts.count(t) > 1 else t for t, c in zip(texts, classes)]
-        clf = build_zeroshot_classifier(lambda t: model.encode_text(t), texts, list(templates))
-        cm = classification_metrics(zeroshot_classify(img, clf), y)
+        members = [[t, *subclasses(kind, c)] for t, c in zip(texts, classes, strict=True)]
+        if any(len(m) > 1 for m in members):
+            sub = build_subclass_classifier(lambda t: model.encode_text(t), members, list(templates))
+            scores = subclass_classify(img, sub, logit_scale=_temperature_scale(model))
+        else:
+            clf = build_zeroshot_classifier(lambda t: model.encode_text(t), texts, list(templates))
+            scores = zeroshot_classify(img, clf)
+        cm = classification_metrics(scores, y)
         for k, v in cm.to_dict().items():
             if isinstance(v, (int, float)) and k not in ("num_classes", "num_samples"):
                 metrics[f"zeroshot_{kind}/{k}"] = float(v)

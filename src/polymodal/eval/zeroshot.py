@@ -116,6 +116,77 @@ def zeroshot_classify(
     return logit_scale * (x @ w)  # (N, C)
 
 
+@dataclass(frozen=True)
+class SubclassClassifier:
+    """A zero-shot classifier whose classes are each represented by several member texts.
+
+    ``weights[:, m]`` is the prompt-ensemble embedding of member ``m`` and ``owner[m]`` the class it
+    belongs to; a class's members are its own label text and its subclasses (see
+    :func:`build_subclass_classifier`).
+    """
+
+    weights: torch.Tensor  # (D, M) columns L2-normalised
+    owner: torch.Tensor  # (M,) int64 class index of each member
+    num_classes: int
+
+
+@torch.no_grad()
+def build_subclass_classifier(
+    encode_text: Callable[[list[str]], torch.Tensor],
+    members: Sequence[Sequence[str]],
+    templates: Sequence[str],
+) -> SubclassClassifier:
+    """Zero-shot classifier over classes described by their subclasses (CHiLS, Novack et al., 2023).
+
+    A coarse class name such as "objects" says little about what its images show; its subclasses
+    ("clothing", "musical instrument", ...) say much more. Each class ``c`` is given member texts
+    (``members[c]``: typically its own label text first, then its subclasses' texts); every member gets
+    its own prompt ensemble, and :func:`subclass_classify` scores a class by the probability mass of its
+    members. A class with one member behaves as the flat classifier of :func:`build_zeroshot_classifier`.
+
+    Args:
+        encode_text: Maps a list of texts to their embeddings, shape (len(texts), D).
+        members: Per class, in label order, its non-empty list of member texts.
+        templates: Prompts with a ``{c}`` placeholder, filled with every member text.
+
+    Returns:
+        A :class:`SubclassClassifier`.
+    """
+    if not members:
+        raise ConfigError("members: expected at least one class")
+    empty = [i for i, m in enumerate(members) if not m]
+    if empty:
+        raise ConfigError(f"members: class(es) {empty[:5]} have no member text")
+    names = [f"{c}:{text}" for c, texts in enumerate(members) for text in dict.fromkeys(texts)]
+    prompts = {name: [fill_template(t, name.split(":", 1)[1]) for t in templates] for name in names}
+    weights = build_zeroshot_classifier(encode_text, names, prompts)  # (D, M)
+    owner = torch.tensor([int(name.split(":", 1)[0]) for name in names], dtype=torch.int64)
+    return SubclassClassifier(weights, owner, len(members))
+
+
+def subclass_classify(
+    image_emb: torch.Tensor | np.ndarray, classifier: SubclassClassifier, *, logit_scale: float
+) -> torch.Tensor:
+    """Class log-probabilities: ``log sum_{m in c} softmax_m(logit_scale * cos(x, w_m))``.
+
+    Summing the members' softmax probabilities (rather than taking the best member) keeps a class that
+    many subclasses moderately match ahead of one that a single subclass matches by chance.
+
+    Args:
+        image_emb: Image embeddings, shape (N, D); L2-normalised here.
+        classifier: The output of :func:`build_subclass_classifier`.
+        logit_scale: The model's own ``exp(logit_scale)``, the temperature it was trained at; unlike in
+            :func:`zeroshot_classify`, it changes the ranking, so it is taken from the model, not tuned.
+
+    Returns:
+        Log-probabilities, shape (N, C).
+    """
+    probs = zeroshot_classify(image_emb, classifier.weights, logit_scale=logit_scale).softmax(dim=1)  # (N, M)
+    per_class = torch.zeros(probs.shape[0], classifier.num_classes, dtype=probs.dtype)
+    per_class.index_add_(1, classifier.owner, probs)  # (N, C)
+    return per_class.clamp_min(torch.finfo(probs.dtype).tiny).log()
+
+
 @dataclass
 class ClassificationMetrics:
     """Accuracy figures of a classifier on one test set.
