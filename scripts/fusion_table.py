@@ -2,7 +2,10 @@
 them on the test splits (with each modality missing), run the robustness report, and print the
 markdown tables of docs/fusion.md.
 
-    python scripts/fusion_table.py --out runs/fusion [--device cuda] [--only avdigits|vqa]
+    python scripts/fusion_table.py --out runs/fusion [--device cuda] [--only avdigits|vqa] [--skip-robustness]
+
+The robustness report is the same as ``polymodal robustness --model runs/fusion/avdigits/<name> ... --out
+runs/fusion/avdigits/robustness`` on the saved models (``--skip-robustness`` leaves it to that command).
 
 Model selection uses the validation splits only; test accuracy is measured once per saved model.
 """
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from polymodal.eval.robustness import missing_modality_accuracy, robustness_report, write_report
+from polymodal.eval.robustness import missing_modality_accuracy, robustness_run
 from polymodal.models.build import load_preset
 from polymodal.train.classifier_fit import encode_labels, fit_classifier, load_data, save_classifier
 
@@ -28,32 +31,34 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def avdigits(out: Path, device: str, epochs: int) -> list[str]:
+def avdigits(out: Path, device: str, epochs: int, names: list[str], robustness: bool) -> list[str]:
     data = load_data("builtin:avdigits")
     test = data.splits["test"]
-    models, rows = {}, []
-    for name in AV_MODELS:
+    rows = []
+    for name in names:
         cfg = load_preset(f"fusion-{name}")
-        r = fit_classifier(cfg, data, epochs=epochs, device=device, seed=0)
+        r = fit_classifier(cfg, data, epochs=epochs, device=device, seed=0, log=lambda s, n=name: log(f"{n} {s}"))
         save_classifier(r, out / "avdigits" / name, data=data.name, extra={"preset": f"fusion-{name}"})
         labels = encode_labels(test, model_labels=r.model.config.labels, label_names=data.label_names, split="test")
         acc = missing_modality_accuracy(r.model.to(device), test, labels)
-        models[name] = r.model
-        rows.append((name, acc, r.val_accuracy, r.seconds))
-        log(f"avdigits {name}: {json.dumps(acc)} val {r.val_accuracy:.4f} ({r.seconds:.0f} s)")
-    lines = ["| model | both | image only | audio only | val (both) | train s |", "|---|---|---|---|---|---|"]
+        val = r.history[r.best_epoch]
+        rows.append((name, acc, val, r.seconds))
+        log(f"avdigits {name}: {json.dumps(acc)} val {json.dumps(val)} ({r.seconds:.0f} s)")
+    lines = ["| model | both | image only | audio only | val: both / image only / audio only | train s |", "|---|---|---|---|---|---|"]
     for name, acc, val, secs in rows:
         if name in ("image", "audio"):
             both, img, aud = "-", (f"{acc['all']:.3f}" if name == "image" else "-"), (f"{acc['all']:.3f}" if name == "audio" else "-")
-            label = f"unimodal {name}"
+            label, vals = f"unimodal {name}", f"{val['val_accuracy']:.3f}"
         else:
             both, img, aud = f"{acc['all']:.3f}", f"{acc['missing:audio']:.3f}", f"{acc['missing:image']:.3f}"
             label = f"{name} fusion"
-        lines.append(f"| {label} | {both} | {img} | {aud} | {val:.3f} | {secs:.0f} |")
-    labels = {n: encode_labels(test, model_labels=m.config.labels, label_names=data.label_names) for n, m in models.items()}
-    reports = robustness_report({n: m.to(device) for n, m in models.items()}, test, labels, baseline="late")
-    write_report(reports, out / "avdigits" / "robustness")
-    (out / "avdigits_table.md").write_text("\n".join(lines) + "\n")
+            vals = f"{val['val_accuracy']:.3f}"
+            if "val_accuracy_missing:audio" in val:
+                vals += f" / {val['val_accuracy_missing:audio']:.3f} / {val['val_accuracy_missing:image']:.3f}"
+        lines.append(f"| {label} | {both} | {img} | {aud} | {vals} | {secs:.0f} |")
+        (out / "avdigits_table.md").write_text("\n".join(lines) + "\n")
+    if robustness:
+        robustness_run([out / "avdigits" / n for n in names], out / "avdigits" / "robustness", data=data.name)
     return lines
 
 
@@ -81,12 +86,14 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--only", choices=("avdigits", "vqa"), default=None)
     p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--models", nargs="+", choices=AV_MODELS, default=list(AV_MODELS), help="avdigits models to train")
+    p.add_argument("--skip-robustness", action="store_true", help="no robustness report (run `polymodal robustness` instead)")
     p.add_argument("--vqa-epochs", type=int, default=40)
     p.add_argument("--vqa-train", type=int, default=10000)
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     if a.only in (None, "avdigits"):
-        print("\n".join(avdigits(a.out, a.device, a.epochs)))
+        print("\n".join(avdigits(a.out, a.device, a.epochs, a.models, not a.skip_robustness)))
     if a.only in (None, "vqa"):
         print("\n".join(vqa(a.out, a.device, a.vqa_epochs, a.vqa_train)))
 

@@ -113,7 +113,7 @@ def _tiny_data() -> DataSplits:
 
 def test_training_learns_and_selects_on_val() -> None:
     torch.manual_seed(0)
-    r = fit_classifier(_tiny("fusion-early"), _tiny_data(), epochs=4, batch_size=16, lr=3e-3)
+    r = fit_classifier(_tiny("fusion-early"), _tiny_data(), epochs=4, batch_size=16, lr=3e-3, select="all")
     assert r.val_accuracy == max(h["val_accuracy"] for h in r.history)
     assert r.history[r.best_epoch]["val_accuracy"] == r.val_accuracy
     assert r.val_accuracy > 0.6  # 3 classes, trivially separable

@@ -83,5 +83,10 @@ def test_robustness_cli_writes_report_and_plots(tmp_path: Path, monkeypatch: pyt
         assert c["relative"] == pytest.approx(rb.relative_robustness(c["levels"], c["accuracies"]))
         assert c["effective"] is not None  # against the late-fusion run given
     assert all(c["effective"] == pytest.approx(0.0) for c in report[1]["curves"])  # late vs itself
-    assert len(list(out.glob("robustness_*.png"))) == 6
-    assert "| tensor | tensor |" in (out / "robustness.md").read_text()
+    assert len(list(out.glob("robustness_*.png"))) == 7  # 6 imperfections + the missing-modality bars
+    assert (out / "robustness_missing.png").stat().st_size > 1000
+    md = (out / "robustness.md").read_text()
+    assert "| tensor | tensor |" in md
+    assert "against 'late'" in md
+    g = curves[("image", "blur")]
+    assert f"{g['relative']:.3f} ({g['effective']:+.3f})" in md

@@ -34,6 +34,7 @@ __all__ = [
     "IMPERFECTIONS",
     "RobustnessCurve",
     "RobustnessReport",
+    "default_baseline",
     "effective_robustness",
     "missing_modality_accuracy",
     "relative_robustness",
@@ -269,6 +270,12 @@ def sweep(
     return curves
 
 
+def default_baseline(models: dict[str, MultimodalClassifier]) -> str | None:
+    """The name of the one multimodal late-fusion model among ``models``, or ``None`` if not exactly one."""
+    late = [n for n, m in models.items() if m.config.fusion.kind == "late" and len(m.modalities) > 1]
+    return late[0] if len(late) == 1 else None
+
+
 def robustness_report(
     models: dict[str, MultimodalClassifier],
     records: Sequence[Record],
@@ -290,8 +297,7 @@ def robustness_report(
         seed: the noise seed (the same noise for every model).
     """
     if baseline is None:
-        late = [n for n, m in models.items() if m.config.fusion.kind == "late" and len(m.modalities) > 1]
-        baseline = late[0] if len(late) == 1 else None
+        baseline = default_baseline(models)
     elif baseline not in models:
         raise ConfigError(f"baseline {baseline!r} is not one of the models {list(models)}")
     reports = []
@@ -317,9 +323,16 @@ def robustness_report(
 # ---------------------------------------------------------------- outputs
 
 
-def write_report(reports: Sequence[RobustnessReport], out: str | Path) -> dict[str, Path]:
-    """Write ``robustness.json``, ``robustness.md`` (tables) and one accuracy-vs-level plot per
-    modality and imperfection (every model on it). Returns the written paths by name."""
+def write_report(reports: Sequence[RobustnessReport], out: str | Path, *, baseline: str | None = None) -> dict[str, Path]:
+    """Write ``robustness.json``, ``robustness.md`` (tables), one accuracy-vs-level plot per modality and
+    imperfection (every model on it) and ``robustness_missing.png`` (accuracy with each modality missing,
+    per model). Returns the written paths by name.
+
+    Args:
+        reports: from :func:`robustness_report`.
+        out: folder to write to.
+        baseline: the name of the effective-robustness baseline, for the text.
+    """
     import json
 
     from polymodal.eval.plots import _figure, _save
@@ -335,7 +348,19 @@ def write_report(reports: Sequence[RobustnessReport], out: str | Path) -> dict[s
     for r in reports:
         cells = [f"{r.accuracy[k]:.3f}" if k in r.accuracy else "-" for k in keys]
         lines.append(f"| {r.model} | {r.fusion} | " + " | ".join(cells) + " |")
-    lines += ["", "## Robustness to imperfections (relative / effective vs late fusion)", "",
+    pairs = sorted({(c.modality, c.imperfection) for r in reports for c in r.curves})
+    against = f"against {baseline!r}" if baseline else "no late-fusion baseline given"
+    # the compact matrix: relative robustness (effective robustness in brackets) per model and imperfection
+    lines += ["", f"## Relative robustness (effective robustness, {against})", "",
+              "| model | " + " | ".join(f"{m}: {i}" for m, i in pairs) + " |", "|---|" + "---|" * len(pairs)]  # fmt: skip
+    for r in reports:
+        by = {(c.modality, c.imperfection): c for c in r.curves}
+        cells = []
+        for pair in pairs:
+            c = by.get(pair)
+            cells.append("-" if c is None else f"{c.relative:.3f}" + ("" if c.effective is None else f" ({c.effective:+.3f})"))
+        lines.append(f"| {r.model} | " + " | ".join(cells) + " |")
+    lines += ["", "## Every curve", "",
               "| model | modality | imperfection | clean | worst | relative | effective |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in reports:
         for c in r.curves:
@@ -343,7 +368,6 @@ def write_report(reports: Sequence[RobustnessReport], out: str | Path) -> dict[s
             lines.append(f"| {r.model} | {c.modality} | {c.imperfection} | {c.accuracies[0]:.3f} | {c.accuracies[-1]:.3f} | {c.relative:.3f} | {eff} |")
     (out / "robustness.md").write_text("\n".join(lines) + "\n")
     paths["table"] = out / "robustness.md"
-    pairs = sorted({(c.modality, c.imperfection) for r in reports for c in r.curves})
     for modality, imp in pairs:
         fig = _figure(4.5, 3.2)
         ax = fig.add_subplot()
@@ -357,6 +381,19 @@ def write_report(reports: Sequence[RobustnessReport], out: str | Path) -> dict[s
         ax.set_title(f"{modality}: {imp}")
         ax.legend(fontsize=7)
         paths[f"{modality}:{imp}"] = _save(fig, out / f"robustness_{modality}_{imp}.png")
+    # grouped bars: per model, accuracy with everything and with each modality missing
+    fig = _figure(max(4.5, 0.7 * len(reports) + 1.5), 3.2)
+    ax = fig.add_subplot()
+    width = 0.8 / len(keys)
+    for j, k in enumerate(keys):
+        xs = [i + (j - (len(keys) - 1) / 2) * width for i in range(len(reports))]
+        ax.bar(xs, [r.accuracy.get(k, float("nan")) for r in reports], width, label=k)
+    ax.set_xticks(range(len(reports)), [r.model for r in reports], rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title("accuracy with a modality missing")
+    ax.legend(fontsize=7)
+    paths["missing"] = _save(fig, out / "robustness_missing.png")
     return paths
 
 
@@ -392,5 +429,8 @@ def robustness_run(
     d = load_data(data, splits=(split,))
     records = d.splits[split]
     labels = {n: encode_labels(records, model_labels=m.config.labels, label_names=d.label_names, split=split) for n, m in models.items()}
-    reports = robustness_report(models, records, labels, baseline=None if baseline is None else Path(baseline).name, levels=levels)
-    return write_report(reports, out)
+    base_name = None if baseline is None else Path(baseline).name
+    reports = robustness_report(models, records, labels, baseline=base_name, levels=levels)
+    if base_name is None:
+        base_name = default_baseline(models)  # the one robustness_report picked
+    return write_report(reports, out, baseline=base_name)

@@ -1,9 +1,21 @@
 """A multimodal classifier: an encoder per modality, a fusion module and a linear head, from a preset.
 
 Presets live in ``src/polymodal/presets/fusion-*.json`` and ``vqa-*.json``. A model with one modality is
-that modality's unimodal baseline (its fusion then only adds the MLP). ``modality_dropout`` is used by
-the trainer: during training each modality of each example is dropped with that probability (never all
-of them), so the model learns to classify from whatever is present (Neverova et al. 2016, ModDrop).
+that modality's unimodal baseline (its fusion then only adds the MLP).
+
+Training for missing modalities (used by :func:`polymodal.train.classifier_fit.fit_classifier`):
+
+- ``modality_dropout`` with ``dropout_scheme="independent"``: each modality of each example is dropped
+  with that probability, never all of them (ModDrop, Neverova et al. 2016);
+- ``dropout_scheme="one"``: with that probability an example loses exactly one of its modalities, chosen
+  uniformly, so with two modalities each unimodal case gets ``p / 2`` of the examples and the rest stay
+  complete (the independent scheme with two modalities gives ``p (1 - p)`` each, and re-adds one of the
+  ``p^2`` rows that lost both);
+- ``aux_loss_weight``: a linear head on each encoder's pooled vector, trained with its own cross-entropy
+  next to the fused one, so every encoder stays predictive alone and the dominant modality cannot
+  starve the weak one of gradient (the unimodal auxiliary losses of Wang et al. 2020, "What Makes
+  Training Multi-modal Classification Networks Hard?", and of "modality competition" work). The
+  auxiliary heads are not used for prediction.
 """
 
 from __future__ import annotations
@@ -31,7 +43,9 @@ from polymodal.models.classifier_encoders import (
     encoder_config_to_dict,
 )
 
-__all__ = ["ClassifierConfig", "FusionConfig", "ModalityInputs", "MultimodalClassifier"]
+__all__ = ["ClassifierConfig", "ClassifierOutput", "FusionConfig", "ModalityInputs", "MultimodalClassifier"]
+
+DROPOUT_SCHEMES: tuple[str, ...] = ("independent", "one")
 
 
 @dataclass(frozen=True)
@@ -63,8 +77,13 @@ class ClassifierConfig:
         encoders: modality name ("image", "audio", "text") -> encoder config.
         fusion: the fusion.
         labels: class names, in the order of the logits; filled in from the training data.
-        modality_dropout: probability of dropping each modality of each training example.
+        modality_dropout: the modality dropout probability (see ``dropout_scheme``).
         head_dropout: dropout before the final linear layer.
+        dropout_scheme: "independent" (each modality dropped with probability ``modality_dropout``, at
+            least one kept) or "one" (with probability ``modality_dropout`` exactly one modality of the
+            example is dropped, chosen uniformly).
+        aux_loss_weight: weight of the auxiliary unimodal cross-entropies (one linear head per encoder);
+            0 builds no auxiliary heads.
     """
 
     encoders: dict[str, EncoderConfig]
@@ -72,6 +91,8 @@ class ClassifierConfig:
     labels: tuple[str, ...] = ()
     modality_dropout: float = 0.0
     head_dropout: float = 0.0
+    dropout_scheme: str = "independent"
+    aux_loss_weight: float = 0.0
     kind: str = "classifier"
 
     def __post_init__(self) -> None:
@@ -90,6 +111,12 @@ class ClassifierConfig:
             raise ConfigError("modality_dropout needs at least two modalities")
         if not 0.0 <= self.head_dropout < 1.0:
             raise ConfigError(f"head_dropout must be in [0, 1), got {self.head_dropout}")
+        if self.dropout_scheme not in DROPOUT_SCHEMES:
+            raise ConfigError(f"dropout_scheme must be one of {DROPOUT_SCHEMES}, got {self.dropout_scheme!r}")
+        if not (isinstance(self.aux_loss_weight, (int, float)) and 0.0 <= self.aux_loss_weight):
+            raise ConfigError(f"aux_loss_weight must be a number >= 0, got {self.aux_loss_weight!r}")
+        if self.aux_loss_weight > 0 and len(self.encoders) < 2:
+            raise ConfigError("aux_loss_weight needs at least two modalities (a unimodal model's head is already unimodal)")
         if self.fusion.kind == "cross_modal" and len(self.encoders) < 2:
             raise ConfigError("the cross_modal fusion needs at least two modalities")
 
@@ -126,6 +153,8 @@ class ClassifierConfig:
             labels=tuple(d.get("labels", ())),
             modality_dropout=float(d.get("modality_dropout", 0.0)),
             head_dropout=float(d.get("head_dropout", 0.0)),
+            dropout_scheme=str(d.get("dropout_scheme", "independent")),
+            aux_loss_weight=float(d.get("aux_loss_weight", 0.0)),
             kind=d.get("kind", "classifier"),
         )
 
@@ -137,7 +166,22 @@ class ClassifierConfig:
             "labels": list(self.labels),
             "modality_dropout": self.modality_dropout,
             "head_dropout": self.head_dropout,
+            "dropout_scheme": self.dropout_scheme,
+            "aux_loss_weight": self.aux_loss_weight,
         }
+
+
+@dataclass
+class ClassifierOutput:
+    """Fused logits and, when the model has auxiliary heads, each encoder's own logits.
+
+    Args:
+        logits: ``(B, num_classes)`` from the fusion.
+        aux_logits: modality -> ``(B, num_classes)`` from that encoder alone (empty without auxiliary heads).
+    """
+
+    logits: Tensor
+    aux_logits: dict[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -207,6 +251,11 @@ class MultimodalClassifier(nn.Module):
         dims = {m: e.dim for m, e in config.encoders.items()}
         self.fusion = FUSIONS[config.fusion.kind](dims, config.fusion.dim, **config.fusion.options)
         self.head = nn.Sequential(nn.GELU(), nn.Dropout(config.head_dropout), nn.Linear(config.fusion.dim, len(config.labels)))
+        # Auxiliary unimodal heads exist only when trained (aux_loss_weight > 0), so older saved models
+        # and unimodal models keep exactly their parameters.
+        self.aux_heads = nn.ModuleDict(
+            {m: nn.Linear(d, len(config.labels)) for m, d in dims.items()} if config.aux_loss_weight > 0 else {}
+        )
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -227,26 +276,46 @@ class MultimodalClassifier(nn.Module):
 
     def forward(self, inputs: ModalityInputs) -> Tensor:
         """Logits ``(B, num_classes)``."""
+        return self.forward_all(inputs, aux=False).logits
+
+    def forward_all(self, inputs: ModalityInputs, *, aux: bool = True) -> ClassifierOutput:
+        """Fused logits and (with ``aux`` and auxiliary heads) each encoder's own logits.
+
+        Args:
+            inputs: the batch.
+            aux: also compute the auxiliary heads' logits (for their training loss).
+        """
         encoded = self.encode(inputs)
         # token fusions (cross-modal attention) take the sequences, vector fusions the pooled vectors
         features = {m: e.tokens if self.fusion.uses_tokens else e.pooled for m, e in encoded.items()}
         masks = {m: e.mask for m, e in encoded.items()}
         present = {m: inputs.present[m] for m in self.modalities}
-        return self.head(self.fusion(features, present, masks))
+        logits = self.head(self.fusion(features, present, masks))
+        aux_logits = {m: self.aux_heads[m](encoded[m].pooled) for m in self.aux_heads} if aux else {}
+        return ClassifierOutput(logits, aux_logits)
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """Every parameter (the whole model is trained); what ``polymodal.models.io.save_model`` writes."""
         return {k: v.detach() for k, v in self.named_parameters()}
 
 
-def missing_modality_dropout(present: Mapping[str, Tensor], p: float, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-    """Drop each modality of each row with probability ``p``, keeping at least one present per row.
+def missing_modality_dropout(
+    present: Mapping[str, Tensor], p: float, generator: torch.Generator | None = None, *, scheme: str = "independent"
+) -> dict[str, Tensor]:
+    """Drop modalities of training rows, never every modality of a row.
 
     Args:
         present: ``(B,)`` bool per modality.
         p: drop probability.
         generator: random stream.
+        scheme: "independent": each modality of each row is dropped with probability ``p`` (a row left
+            with nothing gets one of its modalities back); "one": with probability ``p`` a row with at
+            least two modalities loses exactly one of them, chosen uniformly.
     """
+    if scheme not in DROPOUT_SCHEMES:
+        raise ConfigError(f"modality dropout scheme must be one of {DROPOUT_SCHEMES}, got {scheme!r}")
+    if scheme == "one":
+        return _drop_one(present, p, generator)
     names = list(present)
     keep = torch.stack([present[m] for m in names], dim=1)  # (B, M)
     drop = torch.rand(keep.shape, generator=generator) < p
@@ -259,4 +328,18 @@ def missing_modality_dropout(present: Mapping[str, Tensor], p: float, generator:
         restore = torch.zeros_like(new)
         restore[torch.arange(len(pick)), pick] = True
         new = new | (restore & empty[:, None])
+    return {m: new[:, i] for i, m in enumerate(names)}
+
+
+def _drop_one(present: Mapping[str, Tensor], p: float, generator: torch.Generator | None) -> dict[str, Tensor]:
+    """With probability ``p``, drop one uniformly chosen present modality of each row that has >= 2."""
+    names = list(present)
+    keep = torch.stack([present[m] for m in names], dim=1)  # (B, M)
+    hit = torch.rand(keep.shape[0], generator=generator).to(keep.device) < p
+    hit &= keep.sum(dim=1) >= 2
+    # uniform over the row's present modalities: the argmax of random scores with absent ones masked out
+    scores = torch.rand(keep.shape, generator=generator).to(keep.device).masked_fill(~keep, -1.0)
+    drop = torch.zeros_like(keep)
+    drop[torch.arange(keep.shape[0]), scores.argmax(dim=1)] = True
+    new = keep & ~(drop & hit[:, None])
     return {m: new[:, i] for i, m in enumerate(names)}

@@ -1,5 +1,5 @@
 """Training and scoring the multimodal classifier on records: built-in data sources, label checks,
-modality dropout, model selection on the validation split only.
+modality dropout, auxiliary unimodal losses, model selection on the validation split only.
 
 Inputs are featurised once (log-mels precomputed) and batches are index slices of those tensors, so an
 epoch over avdigits takes seconds on a CPU.
@@ -134,13 +134,25 @@ def accuracy(model: MultimodalClassifier, inputs: ModalityInputs, labels: Tensor
 
 @dataclass
 class FitResult:
-    """A trained model and how it got there."""
+    """A trained model and how it got there.
+
+    Args:
+        model: the model of the kept epoch.
+        best_epoch: that epoch.
+        val_accuracy: its validation accuracy with every modality.
+        history: per epoch: train loss and validation accuracies.
+        seconds: training wall time.
+        select: the validation score the epoch was chosen by ("all" or "missing").
+        val_score: that score at the kept epoch.
+    """
 
     model: MultimodalClassifier
     best_epoch: int
     val_accuracy: float
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    select: str = "all"
+    val_score: float = 0.0
 
 
 def _text_vocab(config: ClassifierConfig, train: Sequence[Record]) -> ClassifierConfig:
@@ -167,9 +179,14 @@ def fit_classifier(
     weight_decay: float = 1e-4,
     seed: int = 0,
     device: str = "cpu",
+    select: str = "auto",
     log: Any = None,
 ) -> FitResult:
     """Train on ``data.splits["train"]``, keep the epoch with the best accuracy on ``data.splits["val"]``.
+
+    The loss is the fused cross-entropy plus, with ``config.aux_loss_weight > 0``, that weight times the
+    mean of the auxiliary heads' cross-entropies, each over the rows where its modality is really present
+    (modality dropout hides a modality from the fusion only; its encoder still learns from it).
 
     Args:
         config: the model config; labels and text vocabulary are filled in from the training split.
@@ -180,8 +197,14 @@ def fit_classifier(
         weight_decay: AdamW weight decay.
         seed: seeds initialisation, shuffling and modality dropout.
         device: torch device.
+        select: the validation score that picks the epoch: "all" (accuracy with every modality),
+            "missing" (the mean of the accuracy with every modality and with each one missing: a model
+            trained for missing modalities is chosen for them too), or "auto" ("missing" when the model
+            has modality dropout, else "all").
         log: optional ``callable(str)`` for progress lines.
     """
+    if select not in ("auto", "all", "missing"):
+        raise ConfigError(f"select must be 'auto', 'all' or 'missing', got {select!r}")
     for s in ("train", "val"):
         if s not in data.splits or not data.splits[s]:
             raise ConfigError(f"{data.name}: training needs a non-empty {s!r} split")
@@ -201,7 +224,9 @@ def fit_classifier(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
     gen = torch.Generator().manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss()
-    best = (-1.0, -1, copy.deepcopy(model.state_dict()))
+    if select == "auto":
+        select = "missing" if config.modality_dropout > 0 and len(config.modalities) > 1 else "all"
+    best_score, best_epoch, best_acc, best_state = -1.0, -1, -1.0, copy.deepcopy(model.state_dict())
     history = []
     for epoch in range(epochs):
         model.train()
@@ -210,10 +235,19 @@ def fit_classifier(
         for start in range(0, len(train), batch_size):
             idx = order[start : start + batch_size]
             batch = x_train.select(idx)
+            really_present = batch.present
             if config.modality_dropout > 0:
-                batch.present = missing_modality_dropout(batch.present, config.modality_dropout, gen)
-            logits = model(batch.to(device))
-            loss = loss_fn(logits, y_train[idx].to(device))
+                batch.present = missing_modality_dropout(batch.present, config.modality_dropout, gen, scheme=config.dropout_scheme)
+            out = model.forward_all(batch.to(device), aux=config.aux_loss_weight > 0)
+            y = y_train[idx].to(device)
+            loss = loss_fn(out.logits, y)
+            aux = []
+            for m, aux_logits in out.aux_logits.items():
+                rows = really_present[m].to(device)
+                if bool(rows.any()):
+                    aux.append(loss_fn(aux_logits[rows], y[rows]))
+            if aux:
+                loss = loss + config.aux_loss_weight * torch.stack(aux).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -221,14 +255,21 @@ def fit_classifier(
             sched.step()
             total += float(loss.detach()) * len(idx)
         val_acc = accuracy(model, x_val, y_val)
-        history.append({"epoch": epoch, "train_loss": total / len(train), "val_accuracy": val_acc})
+        entry = {"epoch": epoch, "train_loss": total / len(train), "val_accuracy": val_acc}
+        score = val_acc
+        if select == "missing":
+            missing = [accuracy(model, x_val.without(m), y_val) for m in config.modalities]
+            entry.update({f"val_accuracy_missing:{m}": a for m, a in zip(config.modalities, missing, strict=True)})
+            score = (val_acc + sum(missing)) / (1 + len(missing))
+            entry["val_score"] = score
+        history.append(entry)
         if log:
-            log(f"epoch {epoch}: loss {total / len(train):.4f} val acc {val_acc:.4f}")
-        if val_acc > best[0]:  # model selection on the validation split only
-            best = (val_acc, epoch, copy.deepcopy(model.state_dict()))
-    model.load_state_dict(best[2])
+            log(f"epoch {epoch}: loss {total / len(train):.4f} val acc {val_acc:.4f} score {score:.4f}")
+        if score > best_score:  # model selection on the validation split only
+            best_score, best_epoch, best_acc, best_state = score, epoch, val_acc, copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
     model.eval()
-    return FitResult(model.cpu(), best[1], best[0], history, time.perf_counter() - t0)
+    return FitResult(model.cpu(), best_epoch, best_acc, history, time.perf_counter() - t0, select, best_score)
 
 
 def save_classifier(result: FitResult, out: str | Path, *, data: str, extra: dict[str, Any] | None = None) -> Path:
@@ -243,6 +284,8 @@ def save_classifier(result: FitResult, out: str | Path, *, data: str, extra: dic
             "training": {
                 "best_epoch": result.best_epoch,
                 "val_accuracy": result.val_accuracy,
+                "select": result.select,
+                "val_score": result.val_score,
                 "history": result.history,
                 "seconds": round(result.seconds, 1),
             },
