@@ -148,3 +148,14 @@ def test_vendor_script_is_reproducible(tmp_path, capsys):
         'AAA,A,ay,"x, y, z",g1,s1\n'
         'CCC,C,see,"only, openmoji",g2,s2\n'
     )
+
+
+def test_every_group_and_subgroup_has_designed_label_text() -> None:
+    from polymodal.data.openmoji import OPENMOJI_GROUPS, openmoji_subgroups
+    from polymodal.data.openmoji_labels import GROUP_TEXT, SUBGROUP_TEXT, subclass_texts
+
+    assert set(GROUP_TEXT) == set(OPENMOJI_GROUPS)
+    assert set(openmoji_subgroups()) <= set(SUBGROUP_TEXT)
+    for group in OPENMOJI_GROUPS:  # hierarchical zero-shot: a group's subclasses are its subgroups
+        assert subclass_texts("group", group) == [SUBGROUP_TEXT[s] for s in openmoji_subgroups(group)]
+    assert subclass_texts("subgroup", "heart") == [] and subclass_texts("group", "not-a-group") == []
