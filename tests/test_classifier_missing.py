@@ -123,3 +123,21 @@ def test_selection_on_missing_modality_validation_accuracy() -> None:
     assert plain.select == "all" and "val_score" not in plain.history[0]
     with pytest.raises(ConfigError, match="select"):
         fit_classifier(cfg, _tiny_data(), epochs=1, select="best")
+
+
+def test_cli_overrides_reach_the_saved_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from polymodal.cli.main import main
+    from polymodal.train import classifier_fit
+
+    monkeypatch.setattr(classifier_fit, "load_data", lambda spec, splits=("train", "val", "test"), **_: _tiny_data())
+    out = tmp_path / "m"
+    args = ["fuse", "train", "--data", "builtin:avdigits", "--fusion", "early", "--out", str(out), "--epochs", "1",
+            "--dropout-scheme", "independent", "--aux-loss-weight", "0.25", "--select", "all"]  # fmt: skip
+    assert main(args) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"]["dropout_scheme"] == "independent" and saved["model"]["aux_loss_weight"] == 0.25
+    assert saved["training"]["select"] == "all"
+    back = load(out)
+    assert isinstance(back, MultimodalClassifier) and set(back.aux_heads) == {"audio", "image"}

@@ -24,15 +24,21 @@ def fuse() -> None:
 @click.option("--epochs", default=15, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--modality-dropout", default=None, type=click.FloatRange(0, 1, max_open=True), help="override the preset's")
+@click.option("--dropout-scheme", default=None, type=click.Choice(["independent", "one"]),
+              help="override the preset's: drop each modality independently, or exactly one with the probability")  # fmt: skip
+@click.option("--aux-loss-weight", default=None, type=click.FloatRange(min=0), help="override the preset's auxiliary unimodal loss weight")
+@click.option("--select", default="auto", show_default=True, type=click.Choice(["auto", "all", "missing"]),
+              help="validation score that keeps the epoch: accuracy with all modalities, or its mean with each one missing (auto: missing with modality dropout)")  # fmt: skip
 @click.option("--device", default="cpu", show_default=True)
-def train_cmd(data: str, fusion: str, preset: str | None, out: str, epochs: int, seed: int,
-              modality_dropout: float | None, device: str) -> None:  # fmt: skip
-    """Train a classifier; the epoch with the best validation accuracy is kept."""
+def train_cmd(data: str, fusion: str, preset: str | None, out: str, epochs: int, seed: int, modality_dropout: float | None,
+              dropout_scheme: str | None, aux_loss_weight: float | None, select: str, device: str) -> None:  # fmt: skip
+    """Train a classifier; the epoch with the best validation score is kept."""
     from polymodal.train.classifier_fit import train_run
 
     r = train_run(data, out, fusion=fusion, preset=preset, epochs=epochs, seed=seed, device=device,
-                  modality_dropout=modality_dropout, log=lambda s: click.echo(s, err=True))  # fmt: skip
-    click.echo(f"saved {out}: best epoch {r.best_epoch}, val accuracy {r.val_accuracy:.4f} ({r.seconds:.0f} s)")
+                  modality_dropout=modality_dropout, dropout_scheme=dropout_scheme, aux_loss_weight=aux_loss_weight,
+                  select=select, log=lambda s: click.echo(s, err=True))  # fmt: skip
+    click.echo(f"saved {out}: best epoch {r.best_epoch} (by {r.select}), val accuracy {r.val_accuracy:.4f} ({r.seconds:.0f} s)")
 
 
 @fuse.command("eval")

@@ -3,7 +3,7 @@
 Tokens are ``(B, N, D)``; vector fusions mean-pool them, the cross-modal fusion attends over them.
 
 - image: a few conv blocks; the last feature map's cells are the tokens (with learned positions, so
-  "left of" can be read off);
+  "left of" can be read off; optionally with coordinate channels, CoordConv);
 - audio: :class:`polymodal.towers.AudioCNN` over log-mels, one token per clip;
 - text: word embeddings with learned positions and a small transformer encoder.
 """
@@ -57,6 +57,9 @@ class ImageEncoderConfig:
         channels: input channels (1 grey, 3 RGB).
         image_size: input side in pixels (images are resized to it).
         widths: conv widths; each block halves the side.
+        coords: append two coordinate channels (x and y in [-1, 1]) to the input of every conv block
+            (CoordConv, Liu et al. 2018, "An intriguing failing of convolutional neural networks and the
+            CoordConv solution"), so each cell's features say where it is, not only the added positions.
     """
 
     kind: str = "image_cnn"
@@ -64,6 +67,7 @@ class ImageEncoderConfig:
     channels: int = 1
     image_size: int = 28
     widths: tuple[int, ...] = (16, 32)
+    coords: bool = False
 
     def __post_init__(self) -> None:
         _positive("ImageEncoderConfig", dim=self.dim, channels=self.channels, image_size=self.image_size)
@@ -71,6 +75,8 @@ class ImageEncoderConfig:
         if not self.widths:
             raise ConfigError("ImageEncoderConfig.widths must not be empty")
         _positive("ImageEncoderConfig", **{f"widths[{i}]": w for i, w in enumerate(self.widths)})
+        if not isinstance(self.coords, bool):
+            raise ConfigError(f"ImageEncoderConfig.coords must be true or false, got {self.coords!r}")
         if self.image_size % (2 ** len(self.widths)):
             raise ConfigError(f"ImageEncoderConfig.image_size={self.image_size} must be divisible by 2**{len(self.widths)}")
 
@@ -166,6 +172,15 @@ def encoder_config_to_dict(c: EncoderConfig) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
+def _coordinates(x: Tensor) -> Tensor:
+    """``(B, 2, H, W)``: the x and y coordinate of every pixel of ``x`` ``(B, C, H, W)``, in [-1, 1]."""
+    b, _, h, w = x.shape
+    ys = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype)
+    xs = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=0)  # (2, H, W): x then y
+    return grid.expand(b, 2, h, w)
+
+
 class ImageEncoder(nn.Module):
     """Conv blocks (3x3 conv, GroupNorm, GELU, 2x2 max pool), a 1x1 projection, learned cell positions.
 
@@ -176,13 +191,17 @@ class ImageEncoder(nn.Module):
     def __init__(self, config: ImageEncoderConfig) -> None:
         super().__init__()
         self.config = config
-        blocks: list[nn.Module] = []
+        extra = 2 if config.coords else 0
+        stages: list[list[nn.Module]] = []
         prev = config.channels
         for w in config.widths:
             # GroupNorm, not BatchNorm: no running statistics, so the saved weights are the whole model
-            blocks += [nn.Conv2d(prev, w, 3, padding=1), nn.GroupNorm(min(8, w), w), nn.GELU(), nn.MaxPool2d(2)]
+            stages.append([nn.Conv2d(prev + extra, w, 3, padding=1), nn.GroupNorm(min(8, w), w), nn.GELU(), nn.MaxPool2d(2)])
             prev = w
-        self.blocks = nn.Sequential(*blocks)
+        # Without coordinates the blocks stay one flat Sequential: the parameter names of saved models.
+        self.blocks: nn.Module = (
+            nn.ModuleList(nn.Sequential(*st) for st in stages) if config.coords else nn.Sequential(*(m for st in stages for m in st))
+        )
         self.proj = nn.Conv2d(prev, config.dim, 1)
         self.pos = nn.Parameter(torch.randn(config.num_tokens, config.dim) * 0.02)
         # The pooled vector is a linear map of all cells, not their mean: a mean over the cells of a
@@ -194,7 +213,13 @@ class ImageEncoder(nn.Module):
         c = self.config
         if images.ndim != 4 or images.shape[1:] != (c.channels, c.image_size, c.image_size):
             raise ShapeError(f"ImageEncoder: images must be (B, {c.channels}, {c.image_size}, {c.image_size}), got {tuple(images.shape)}")
-        x = self.proj(self.blocks(images * 2.0 - 1.0))  # (B, D, h, w)
+        x = images * 2.0 - 1.0
+        if c.coords:
+            for block in self.blocks:  # type: ignore[union-attr]
+                x = block(torch.cat([x, _coordinates(x)], dim=1))  # (B, C + 2, H, W) -> (B, w, H/2, W/2)
+        else:
+            x = self.blocks(x)
+        x = self.proj(x)  # (B, D, h, w)
         tokens = x.flatten(2).transpose(1, 2) + self.pos  # (B, h*w, D)
         pooled = self.pool(nn.functional.gelu(tokens).flatten(1))  # (B, h*w*D) -> (B, D)
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)

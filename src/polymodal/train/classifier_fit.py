@@ -318,18 +318,25 @@ def train_run(
     seed: int = 0,
     device: str = "cpu",
     modality_dropout: float | None = None,
+    dropout_scheme: str | None = None,
+    aux_loss_weight: float | None = None,
+    select: str = "auto",
     log: Any = None,
 ) -> FitResult:
-    """Load ``data``, build the preset, train with model selection on val, save to ``out``."""
+    """Load ``data``, build the preset, train with model selection on val, save to ``out``.
+
+    ``modality_dropout``, ``dropout_scheme`` and ``aux_loss_weight`` override the preset's when given;
+    ``select`` is :func:`fit_classifier`'s.
+    """
     from polymodal.models.build import load_preset
 
     config = load_preset(preset or default_preset(data, fusion))
     if not isinstance(config, ClassifierConfig):
         raise ConfigError(f"preset {preset!r} is not a classifier preset")
-    if modality_dropout is not None:
-        config = config.replace(modality_dropout=modality_dropout)
+    overrides = {"modality_dropout": modality_dropout, "dropout_scheme": dropout_scheme, "aux_loss_weight": aux_loss_weight}
+    config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
     splits = load_data(data, splits=("train", "val"))
-    result = fit_classifier(config, splits, epochs=epochs, seed=seed, device=device, log=log)
+    result = fit_classifier(config, splits, epochs=epochs, seed=seed, device=device, select=select, log=log)
     save_classifier(result, out, data=data, extra={"preset": preset or default_preset(data, fusion), "seed": seed})
     return result
 
