@@ -74,6 +74,8 @@ def test_new_config_fields_round_trip_and_are_checked() -> None:
         _config("fusion-late", aux_loss_weight=-1.0)
     with pytest.raises(ConfigError, match="aux_loss_weight needs at least two"):
         _config("fusion-image", aux_loss_weight=1.0)
+    with pytest.raises(ConfigError, match="unimodal_fallback must be"):
+        _config("fusion-late", unimodal_fallback="yes")
 
 
 @pytest.mark.parametrize("preset", ["fusion-tensor", "fusion-cross_modal"])
@@ -99,7 +101,7 @@ def test_aux_heads_are_trained_saved_and_do_not_change_the_prediction(preset: st
         for m in ("audio", "image"):
             torch.testing.assert_close(back.forward_all(x).aux_logits[m], model.forward_all(x).aux_logits[m], rtol=0, atol=0)
     # no auxiliary heads unless asked for: older saved models keep exactly their parameters
-    assert not any(n.startswith("aux_heads") for n, _ in MultimodalClassifier(cfg.replace(aux_loss_weight=0.0)).named_parameters())
+    assert not any(n.startswith("aux_heads") for n, _ in MultimodalClassifier(cfg.replace(aux_loss_weight=0.0, unimodal_fallback=False)).named_parameters())
 
 
 def _tiny_data() -> DataSplits:
@@ -119,7 +121,7 @@ def test_selection_on_missing_modality_validation_accuracy() -> None:
     assert r.val_score == max(scores)
     assert r.val_accuracy == r.history[r.best_epoch]["val_accuracy"]
     assert r.val_score > 0.6  # both tiny modalities are separable alone
-    plain = fit_classifier(cfg.replace(modality_dropout=0.0, aux_loss_weight=0.0), _tiny_data(), epochs=1, batch_size=16)
+    plain = fit_classifier(cfg.replace(modality_dropout=0.0, aux_loss_weight=0.0, unimodal_fallback=False), _tiny_data(), epochs=1, batch_size=16)
     assert plain.select == "all" and "val_score" not in plain.history[0]
     with pytest.raises(ConfigError, match="select"):
         fit_classifier(cfg, _tiny_data(), epochs=1, select="best")
@@ -141,3 +143,31 @@ def test_cli_overrides_reach_the_saved_model(tmp_path: Path, monkeypatch: pytest
     assert saved["training"]["select"] == "all"
     back = load(out)
     assert isinstance(back, MultimodalClassifier) and set(back.aux_heads) == {"audio", "image"}
+
+
+def test_unimodal_fallback_uses_the_present_modality_head_only_when_it_is_alone() -> None:
+    torch.manual_seed(0)
+    cfg = _config("fusion-gated", aux_loss_weight=1.0, unimodal_fallback=True, labels=LABELS)
+    model = MultimodalClassifier(cfg).eval()
+    x = prepare(cfg, _records(6))
+    x.present = {"audio": torch.tensor([1, 1, 0, 0, 1, 1], dtype=torch.bool), "image": torch.tensor([1, 0, 1, 1, 0, 1], dtype=torch.bool)}
+    with torch.no_grad():
+        out = model.forward_all(x)
+        fused = model.forward_all(x, fallback=False).logits
+    torch.testing.assert_close(out.logits[[0, 5]], fused[[0, 5]], rtol=0, atol=0)  # both present: the fusion
+    torch.testing.assert_close(out.logits[[1, 4]], out.aux_logits["audio"][[1, 4]], rtol=0, atol=0)  # audio alone
+    torch.testing.assert_close(out.logits[[2, 3]], out.aux_logits["image"][[2, 3]], rtol=0, atol=0)  # image alone
+    assert not torch.allclose(out.logits[[1, 2]], fused[[1, 2]])
+    torch.testing.assert_close(model(x), out.logits, rtol=0, atol=0)
+    assert ClassifierConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="unimodal_fallback needs"):
+        _config("fusion-gated", aux_loss_weight=0.0, unimodal_fallback=True)
+
+
+def test_fallback_changes_the_prediction_rule_not_the_training() -> None:
+    # the fused loss is taken with the fallback off, so the weights are those of the same run without it
+    base = _config("fusion-late", dropout_scheme="one", modality_dropout=0.5, aux_loss_weight=1.0, unimodal_fallback=False)
+    a = fit_classifier(base, _tiny_data(), epochs=1, batch_size=16, seed=3)
+    b = fit_classifier(base.replace(unimodal_fallback=True), _tiny_data(), epochs=1, batch_size=16, seed=3)
+    for (name, pa), pb in zip(a.model.named_parameters(), b.model.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0, msg=name)

@@ -14,8 +14,12 @@ Training for missing modalities (used by :func:`polymodal.train.classifier_fit.f
 - ``aux_loss_weight``: a linear head on each encoder's pooled vector, trained with its own cross-entropy
   next to the fused one, so every encoder stays predictive alone and the dominant modality cannot
   starve the weak one of gradient (the unimodal auxiliary losses of Wang et al. 2020, "What Makes
-  Training Multi-modal Classification Networks Hard?", and of "modality competition" work). The
-  auxiliary heads are not used for prediction.
+  Training Multi-modal Classification Networks Hard?", and of "modality competition" work);
+- ``unimodal_fallback`` (with auxiliary heads): an example with exactly one modality present is
+  classified by that modality's auxiliary head instead of the fusion fed with missing embeddings. The
+  auxiliary head learned from every example that has the modality, the fused path from the ``p / 2``
+  dropped ones only; on avdigits validation the auxiliary audio head beat the fused audio-only path for
+  early, late and tensor fusion (docs/fusion.md).
 """
 
 from __future__ import annotations
@@ -84,6 +88,8 @@ class ClassifierConfig:
             example is dropped, chosen uniformly).
         aux_loss_weight: weight of the auxiliary unimodal cross-entropies (one linear head per encoder);
             0 builds no auxiliary heads.
+        unimodal_fallback: classify an example with exactly one modality present by that modality's
+            auxiliary head (needs ``aux_loss_weight > 0``).
     """
 
     encoders: dict[str, EncoderConfig]
@@ -93,6 +99,7 @@ class ClassifierConfig:
     head_dropout: float = 0.0
     dropout_scheme: str = "independent"
     aux_loss_weight: float = 0.0
+    unimodal_fallback: bool = False
     kind: str = "classifier"
 
     def __post_init__(self) -> None:
@@ -117,6 +124,10 @@ class ClassifierConfig:
             raise ConfigError(f"aux_loss_weight must be a number >= 0, got {self.aux_loss_weight!r}")
         if self.aux_loss_weight > 0 and len(self.encoders) < 2:
             raise ConfigError("aux_loss_weight needs at least two modalities (a unimodal model's head is already unimodal)")
+        if not isinstance(self.unimodal_fallback, bool):
+            raise ConfigError(f"unimodal_fallback must be true or false, got {self.unimodal_fallback!r}")
+        if self.unimodal_fallback and self.aux_loss_weight <= 0:
+            raise ConfigError("unimodal_fallback needs the auxiliary heads: set aux_loss_weight > 0")
         if self.fusion.kind == "cross_modal" and len(self.encoders) < 2:
             raise ConfigError("the cross_modal fusion needs at least two modalities")
 
@@ -155,6 +166,7 @@ class ClassifierConfig:
             head_dropout=float(d.get("head_dropout", 0.0)),
             dropout_scheme=str(d.get("dropout_scheme", "independent")),
             aux_loss_weight=float(d.get("aux_loss_weight", 0.0)),
+            unimodal_fallback=d.get("unimodal_fallback", False),
             kind=d.get("kind", "classifier"),
         )
 
@@ -168,6 +180,7 @@ class ClassifierConfig:
             "head_dropout": self.head_dropout,
             "dropout_scheme": self.dropout_scheme,
             "aux_loss_weight": self.aux_loss_weight,
+            "unimodal_fallback": self.unimodal_fallback,
         }
 
 
@@ -278,12 +291,17 @@ class MultimodalClassifier(nn.Module):
         """Logits ``(B, num_classes)``."""
         return self.forward_all(inputs, aux=False).logits
 
-    def forward_all(self, inputs: ModalityInputs, *, aux: bool = True) -> ClassifierOutput:
-        """Fused logits and (with ``aux`` and auxiliary heads) each encoder's own logits.
+    def forward_all(self, inputs: ModalityInputs, *, aux: bool = True, fallback: bool | None = None) -> ClassifierOutput:
+        """Logits and (with ``aux`` and auxiliary heads) each encoder's own logits.
+
+        With ``config.unimodal_fallback`` the logits of a row with exactly one modality present are that
+        modality's auxiliary head's.
 
         Args:
             inputs: the batch.
-            aux: also compute the auxiliary heads' logits (for their training loss).
+            aux: return the auxiliary heads' logits too (for their training loss).
+            fallback: apply the unimodal fallback; ``None``: ``config.unimodal_fallback``. The trainer
+                passes ``False``, so the fused path still learns from the rows with a modality dropped.
         """
         encoded = self.encode(inputs)
         # token fusions (cross-modal attention) take the sequences, vector fusions the pooled vectors
@@ -291,8 +309,14 @@ class MultimodalClassifier(nn.Module):
         masks = {m: e.mask for m, e in encoded.items()}
         present = {m: inputs.present[m] for m in self.modalities}
         logits = self.head(self.fusion(features, present, masks))
-        aux_logits = {m: self.aux_heads[m](encoded[m].pooled) for m in self.aux_heads} if aux else {}
-        return ClassifierOutput(logits, aux_logits)
+        fallback = self.config.unimodal_fallback if fallback is None else fallback
+        aux_logits = {m: self.aux_heads[m](encoded[m].pooled) for m in self.aux_heads} if aux or fallback else {}
+        if fallback:
+            count = torch.stack([present[m] for m in self.modalities], dim=1).sum(dim=1)  # (B,) modalities present
+            for m, a in aux_logits.items():
+                alone = (present[m] & (count == 1))[:, None]  # (B, 1)
+                logits = torch.where(alone, a, logits)
+        return ClassifierOutput(logits, aux_logits if aux else {})
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """Every parameter (the whole model is trained); what ``polymodal.models.io.save_model`` writes."""

@@ -238,7 +238,8 @@ def fit_classifier(
             really_present = batch.present
             if config.modality_dropout > 0:
                 batch.present = missing_modality_dropout(batch.present, config.modality_dropout, gen, scheme=config.dropout_scheme)
-            out = model.forward_all(batch.to(device), aux=config.aux_loss_weight > 0)
+            # the fused loss is taken on every row, the unimodal fallback is for prediction only
+            out = model.forward_all(batch.to(device), aux=config.aux_loss_weight > 0, fallback=False)
             y = y_train[idx].to(device)
             loss = loss_fn(out.logits, y)
             aux = []
