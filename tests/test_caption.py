@@ -36,6 +36,19 @@ def _model(seed: int = 0, **kw: object) -> Captioner:
     return Captioner(cfg, tok).eval()
 
 
+def test_initial_loss_is_uniform_prediction() -> None:
+    # Tied input/output embeddings start small, so an untrained captioner predicts ~uniformly: its loss
+    # starts at ln V. With torch's default N(0, 1) embedding init it started near 26 on OpenMoji.
+    torch.manual_seed(0)
+    tok = WordTokenizer.build(CAPTIONS)
+    model = Captioner(CaptionConfig(vocab_size=tok.vocab_size, feature_dim=16, grid_cells=4, dim=192, heads=4,
+                                    depth=2, max_length=10, dropout=0.0), tok).eval()
+    ids = tok.encode(CAPTIONS, max_length=10).input_ids
+    loss = caption_loss(model(torch.randn(len(CAPTIONS), 16, 2, 2), ids), ids, pad_id=tok.pad_id, label_smoothing=0.0)
+    assert loss.item() == pytest.approx(math.log(tok.vocab_size), abs=0.3)
+    assert torch.all(model.embed.weight[tok.pad_id] == 0)
+
+
 def test_forward_shapes_and_causality() -> None:
     model = _model()
     grid = torch.randn(2, 16, 2, 2)

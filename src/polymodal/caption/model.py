@@ -90,6 +90,12 @@ class Captioner(nn.Module):
         nn.init.normal_(self.memory_pos, std=0.02)
         self.memory_drop = nn.Dropout(c.dropout)
         self.embed = nn.Embedding(c.vocab_size, c.dim, padding_idx=tokenizer.pad_id)
+        # The embedding doubles as the output layer (tied below), so torch's N(0, 1) init would give
+        # initial logits of std ~sqrt(dim) against the unit-variance final-norm output (a first-epoch
+        # loss near 26 instead of ln V). GPT-2's N(0, 0.02) starts the decoder at uniform predictions.
+        nn.init.normal_(self.embed.weight, std=0.02)
+        with torch.no_grad():
+            self.embed.weight[tokenizer.pad_id].zero_()
         self.pos = LearnedPositionalEmbedding(c.dim, c.max_length)
         self.decoder = TransformerDecoder(c.dim, c.heads, c.depth, dropout=c.dropout, norm_first=True)
         self.head = nn.Linear(c.dim, c.vocab_size, bias=False)
