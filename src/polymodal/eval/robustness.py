@@ -392,7 +392,7 @@ def write_report(reports: Sequence[RobustnessReport], out: str | Path, *, baseli
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
     ax.set_title("accuracy with a modality missing")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: bars reach the top
     paths["missing"] = _save(fig, out / "robustness_missing.png")
     return paths
 

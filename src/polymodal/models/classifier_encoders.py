@@ -214,8 +214,8 @@ class ImageEncoder(nn.Module):
         if images.ndim != 4 or images.shape[1:] != (c.channels, c.image_size, c.image_size):
             raise ShapeError(f"ImageEncoder: images must be (B, {c.channels}, {c.image_size}, {c.image_size}), got {tuple(images.shape)}")
         x = images * 2.0 - 1.0
-        if c.coords:
-            for block in self.blocks:  # type: ignore[union-attr]
+        if isinstance(self.blocks, nn.ModuleList):  # coords: each block sees the coordinates again
+            for block in self.blocks:
                 x = block(torch.cat([x, _coordinates(x)], dim=1))  # (B, C + 2, H, W) -> (B, w, H/2, W/2)
         else:
             x = self.blocks(x)
