@@ -30,7 +30,7 @@ from polymodal.eval.zeroshot import (
 )
 from polymodal.models.protocol import DualEncoder
 from polymodal.train.feature_cache import FeatureCache
-from polymodal.train.trunk_features import image_trunk_features
+from polymodal.train.trunk_features import collate_text_trunks, image_trunk_features, text_trunk_features
 
 LabelText = Callable[[str, str], str]  # (label kind, class name) -> label text
 Subclasses = Callable[[str, str], list[str]]  # (label kind, class name) -> subclass label texts
@@ -74,6 +74,18 @@ def embed_pairs(model: DualEncoder, pairs: PairSet, *, cache: FeatureCache, prog
 def _raw_image_features(model: Any, pairs: PairSet, cache: FeatureCache) -> Tensor:
     trunk = image_trunk_features(model, pairs.images, view=0, cache=cache, progress=False)
     return torch.cat([model.image_top(trunk[i : i + 256]) for i in range(0, len(trunk), 256)])
+
+
+def _cached_text_encoder(model: DualEncoder, cache: FeatureCache) -> Callable[[list[str]], Tensor]:
+    """``encode_text`` through the feature cache: the frozen text trunk runs once per distinct prompt,
+    shared by the trained model, its untrained baseline (same trunk) and later evaluations."""
+
+    def encode(texts: list[str]) -> Tensor:
+        trunks = text_trunk_features(model, texts, cache=cache, progress=False)
+        return torch.cat([model.text_features(collate_text_trunks(trunks[i : i + 512]))
+                          for i in range(0, len(trunks), 512)])
+
+    return encode
 
 
 def _temperature_scale(model: DualEncoder) -> float:
@@ -120,11 +132,12 @@ def evaluate_aligner(
         if len(set(texts)) != len(texts):  # two classes with the same text: keep them apart by name
             texts = [f"{t} ({c})" if texts.count(t) > 1 else t for t, c in zip(texts, classes)]
         members = [[t, *subclasses(kind, c)] for t, c in zip(texts, classes, strict=True)]
+        encode = _cached_text_encoder(model, cache)
         if any(len(m) > 1 for m in members):
-            sub = build_subclass_classifier(lambda t: model.encode_text(t), members, list(templates))
+            sub = build_subclass_classifier(encode, members, list(templates))
             scores = subclass_classify(img, sub, logit_scale=_temperature_scale(model))
         else:
-            clf = build_zeroshot_classifier(lambda t: model.encode_text(t), texts, list(templates))
+            clf = build_zeroshot_classifier(encode, texts, list(templates))
             scores = zeroshot_classify(img, clf)
         cm = classification_metrics(scores, y)
         for k, v in cm.to_dict().items():

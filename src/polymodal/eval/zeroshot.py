@@ -81,15 +81,15 @@ def build_zeroshot_classifier(
         raise ConfigError("classnames: expected at least one class")
     if len(set(classnames)) != len(classnames):
         raise ConfigError("classnames: contains duplicates")
+    prompts = _class_prompts(classnames, templates)
+    flat = [p for class_prompts in prompts for p in class_prompts]
+    # One call for every prompt: a text tower batches far better than with one small call per class.
+    emb = torch.as_tensor(encode_text(flat)).detach().float().cpu()
+    if emb.ndim != 2 or emb.shape[0] != len(flat):
+        raise ShapeError(f"encode_text: expected shape ({len(flat)}, D) for {len(flat)} prompts, got {tuple(emb.shape)}")
     columns = []
-    for classname, prompts in zip(classnames, _class_prompts(classnames, templates), strict=True):
-        emb = torch.as_tensor(encode_text(list(prompts))).detach().float().cpu()
-        if emb.ndim != 2 or emb.shape[0] != len(prompts):
-            raise ShapeError(
-                f"encode_text: expected shape ({len(prompts)}, D) for class {classname!r}, got {tuple(emb.shape)}"
-            )
-        mean = F.normalize(emb, dim=-1).mean(dim=0)  # (D,)
-        columns.append(F.normalize(mean, dim=0))
+    for rows in torch.split(F.normalize(emb, dim=-1), [len(p) for p in prompts]):
+        columns.append(F.normalize(rows.mean(dim=0), dim=0))  # (D,)
     return torch.stack(columns, dim=1)  # (D, C)
 
 
