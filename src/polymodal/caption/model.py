@@ -12,7 +12,6 @@ A model folder holds ``config.json`` (``kind: "captioner"``, the config and the 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from torch import Tensor, nn
 from polymodal.data.text import WordTokenizer
 from polymodal.errors import CheckpointError, ConfigError, ShapeError
 from polymodal.nn import LearnedPositionalEmbedding, TransformerDecoder
-from polymodal.train.checkpoint import atomic_write_json, load_weights, save_weights
+from polymodal.train.checkpoint import atomic_write_json, load_weights, read_folder_config, save_weights
 
 __all__ = ["CaptionConfig", "Captioner", "load_captioner", "save_captioner"]
 
@@ -197,14 +196,7 @@ def load_captioner(path: str | Path) -> Captioner:
     """
     path = Path(path)
     cfg_path = path / "config.json"
-    if not cfg_path.is_file():
-        raise CheckpointError(f"{path}: not a captioner folder (no config.json)")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
-    if cfg.get("kind") != KIND:
-        raise CheckpointError(f"{cfg_path}: kind is {cfg.get('kind')!r}, expected {KIND!r}")
+    cfg = read_folder_config(path, what="captioner", kinds=[KIND])
     try:
         model = Captioner(CaptionConfig(**cfg["model"]), WordTokenizer.from_dict(cfg["tokenizer"]))
     except (KeyError, TypeError, ConfigError) as e:

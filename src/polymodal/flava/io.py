@@ -8,7 +8,6 @@ written with safetensors, atomically.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from polymodal.errors import CheckpointError, ConfigError
 from polymodal.flava.config import FlavaConfig
 from polymodal.flava.model import FlavaModel
 from polymodal.flava.vqa import FlavaForVqa
-from polymodal.train.checkpoint import atomic_write_json, load_weights, save_weights
+from polymodal.train.checkpoint import atomic_write_json, load_weights, read_folder_config, save_weights
 
 KIND = "flava"
 VQA_KIND = "flava-vqa"
@@ -92,15 +91,8 @@ def load_flava(path: str | Path) -> FlavaCheckpoint:
     """
     path = Path(path)
     cfg_path = path / "config.json"
-    if not cfg_path.is_file():
-        raise CheckpointError(f"{path}: not a FLAVA model folder (no config.json)")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
-    kind = cfg.get("kind")
-    if kind not in (KIND, VQA_KIND):
-        raise CheckpointError(f"{cfg_path}: kind is {kind!r}, expected {KIND!r} or {VQA_KIND!r}")
+    cfg = read_folder_config(path, what="FLAVA model", kinds=[KIND, VQA_KIND])
+    kind = cfg["kind"]
     try:
         config = FlavaConfig.from_dict(cfg["model"])
         tokenizer = WordTokenizer.from_dict(cfg["tokenizer"])

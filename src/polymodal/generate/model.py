@@ -12,7 +12,6 @@ A model folder holds ``config.json`` (``kind: "text2image"``) and ``model.safete
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polymodal.errors import CheckpointError, ConfigError, ShapeError
-from polymodal.train.checkpoint import atomic_write_json, load_weights, save_weights
+from polymodal.train.checkpoint import atomic_write_json, load_weights, read_folder_config, save_weights
 
 __all__ = ["FlowUNet", "GeneratorConfig", "load_generator", "save_generator"]
 
@@ -166,15 +165,10 @@ def load_generator(path: str | Path) -> FlowUNet:
         CheckpointError: not a generator folder, or weights that do not fit.
     """
     path = Path(path)
-    cfg_path = path / "config.json"
-    if not cfg_path.is_file():
-        raise CheckpointError(f"{path}: not a generator folder (no config.json)")
+    cfg = read_folder_config(path, what="generator", kinds=[KIND])
     try:
-        cfg = json.loads(cfg_path.read_text())
-        if cfg.get("kind") != KIND:
-            raise CheckpointError(f"{cfg_path}: kind is {cfg.get('kind')!r}, expected {KIND!r}")
         model = FlowUNet(GeneratorConfig(**cfg["model"]))
         model.load_state_dict(load_weights(path / "model.safetensors"))
-    except (json.JSONDecodeError, KeyError, TypeError, ConfigError, RuntimeError) as e:
+    except (KeyError, TypeError, ConfigError, RuntimeError) as e:
         raise CheckpointError(f"{path}: {e}") from None
     return model.eval()

@@ -7,13 +7,12 @@ frozen towers come from the pretrained packages, named in the config, so a run f
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from polymodal.errors import CheckpointError
 from polymodal.models.build import KINDS, build_model, config_from_dict
-from polymodal.train.checkpoint import atomic_write_json, load_weights, save_weights
+from polymodal.train.checkpoint import atomic_write_json, load_weights, read_folder_config, save_weights
 
 FORMAT_VERSION = 1
 
@@ -41,18 +40,6 @@ def save_model(model: Any, path: str | Path, *, extra: dict[str, Any] | None = N
     return path
 
 
-def read_config(path: Path) -> dict[str, Any]:
-    cfg_path = path / "config.json"
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: not a model folder (no such directory)")
-    if not cfg_path.is_file():
-        raise CheckpointError(f"{path}: missing config.json")
-    try:
-        return json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
-
-
 def load(path: str | Path) -> Any:
     """Load a model folder written by polymodal (a run folder is one). Returns the model in eval mode."""
     from polymodal.models.hf_clip import is_hf_clip_dir, load_hf_clip
@@ -63,7 +50,7 @@ def load(path: str | Path) -> Any:
         hf: Any = load_hf_clip(path)
         hf.model_id = model_id(path)
         return hf
-    cfg = read_config(path)
+    cfg = read_folder_config(path)
     kind = cfg.get("kind")
     if kind not in KINDS or "model" not in cfg:
         raise CheckpointError(f"{path}/config.json: unknown model kind {kind!r}; known: {', '.join(KINDS)}")

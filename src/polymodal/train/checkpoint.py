@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,33 @@ def load_weights(path: Path) -> dict[str, Tensor]:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for truncated or foreign files
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def read_folder_config(path: Path, *, what: str = "model", kinds: Sequence[str] | None = None) -> dict[str, Any]:
+    """The parsed ``config.json`` of a folder polymodal saved a model in.
+
+    Args:
+        path: The folder.
+        what: What the folder should hold, for messages ("captioner", "FLAVA model", ...).
+        kinds: The accepted values of the config's ``kind``; ``None`` accepts any.
+
+    Raises:
+        CheckpointError: no such folder, no ``config.json``, invalid JSON, or another kind of model.
+    """
+    cfg_path = path / "config.json"
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a {what} folder (no such directory)")
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{path}: not a {what} folder (no config.json)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_path}: expected a JSON object, got {type(cfg).__name__}")
+    if kinds is not None and cfg.get("kind") not in kinds:
+        raise CheckpointError(f"{cfg_path}: kind is {cfg.get('kind')!r}, expected {' or '.join(map(repr, kinds))}")
+    return cfg
 
 
 def save_checkpoint_dir(path: Path, *, weights: dict[str, Tensor], state: dict[str, Any], config: dict[str, Any]) -> None:

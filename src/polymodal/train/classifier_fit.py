@@ -345,9 +345,10 @@ def train_run(
 def load_classifier(path: str | Path) -> tuple[MultimodalClassifier, dict[str, Any]]:
     """A saved classifier and its ``config.json``."""
     from polymodal.errors import CheckpointError
-    from polymodal.models.io import load, read_config
+    from polymodal.models.io import load
+    from polymodal.train.checkpoint import read_folder_config
 
-    cfg = read_config(Path(path))
+    cfg = read_folder_config(Path(path))
     if cfg.get("kind") != "classifier":
         raise CheckpointError(f"{path}: a {cfg.get('kind')!r} model, not a classifier")
     return load(path), cfg
