@@ -123,6 +123,7 @@ def evaluate_aligner(
         baselines.setdefault(name, {}).update(vals)
     confusion: dict[str, tuple[list[str], np.ndarray]] = {}
 
+    encode = _cached_text_encoder(model, cache)
     probe_kind = next(iter(test.labels), None)  # one probe, on the first (coarsest) label kind
     for kind, labels in test.labels.items():
         classes = sorted(set(labels) | set(train.labels.get(kind, []) if train else []))
@@ -132,7 +133,6 @@ def evaluate_aligner(
         if len(set(texts)) != len(texts):  # two classes with the same text: keep them apart by name
             texts = [f"{t} ({c})" if texts.count(t) > 1 else t for t, c in zip(texts, classes)]
         members = [[t, *subclasses(kind, c)] for t, c in zip(texts, classes, strict=True)]
-        encode = _cached_text_encoder(model, cache)
         if any(len(m) > 1 for m in members):
             sub = build_subclass_classifier(encode, members, list(templates))
             scores = subclass_classify(img, sub, logit_scale=_temperature_scale(model))

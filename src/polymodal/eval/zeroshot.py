@@ -81,7 +81,11 @@ def build_zeroshot_classifier(
         raise ConfigError("classnames: expected at least one class")
     if len(set(classnames)) != len(classnames):
         raise ConfigError("classnames: contains duplicates")
-    prompts = _class_prompts(classnames, templates)
+    return _ensemble_columns(encode_text, _class_prompts(classnames, templates))
+
+
+def _ensemble_columns(encode_text: Callable[[list[str]], torch.Tensor], prompts: list[list[str]]) -> torch.Tensor:
+    """One unit-norm column per prompt list: the normalised mean of its normalised prompt embeddings."""
     flat = [p for class_prompts in prompts for p in class_prompts]
     # One call for every prompt: a text tower batches far better than with one small call per class.
     emb = torch.as_tensor(encode_text(flat)).detach().float().cpu()
@@ -157,10 +161,9 @@ def build_subclass_classifier(
     empty = [i for i, m in enumerate(members) if not m]
     if empty:
         raise ConfigError(f"members: class(es) {empty[:5]} have no member text")
-    names = [f"{c}:{text}" for c, texts in enumerate(members) for text in dict.fromkeys(texts)]
-    prompts = {name: [fill_template(t, name.split(":", 1)[1]) for t in templates] for name in names}
-    weights = build_zeroshot_classifier(encode_text, names, prompts)  # (D, M)
-    owner = torch.tensor([int(name.split(":", 1)[0]) for name in names], dtype=torch.int64)
+    pairs = [(c, text) for c, texts in enumerate(members) for text in dict.fromkeys(texts)]  # (class, member text)
+    weights = _ensemble_columns(encode_text, _class_prompts([text for _, text in pairs], templates))  # (D, M)
+    owner = torch.tensor([c for c, _ in pairs], dtype=torch.int64)
     return SubclassClassifier(weights, owner, len(members))
 
 
