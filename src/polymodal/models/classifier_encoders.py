@@ -21,6 +21,7 @@ from polymodal.nn.transformer import TransformerEncoder
 from polymodal.towers.audio_cnn import AudioCNN
 
 __all__ = [
+    "IMAGE_POSITIONS",
     "AudioEncoder",
     "AudioEncoderConfig",
     "EncodedModality",
@@ -48,6 +49,9 @@ class EncodedModality:
     pooled: Tensor
 
 
+IMAGE_POSITIONS: tuple[str, ...] = ("cells", "rows_cols")
+
+
 @dataclass(frozen=True)
 class ImageEncoderConfig:
     """Conv image encoder.
@@ -60,6 +64,10 @@ class ImageEncoderConfig:
         coords: append two coordinate channels (x and y in [-1, 1]) to the input of every conv block
             (CoordConv, Liu et al. 2018, "An intriguing failing of convolutional neural networks and the
             CoordConv solution"), so each cell's features say where it is, not only the added positions.
+        positions: the learned positions added to the tokens: "cells" (one vector per token) or
+            "rows_cols" (a row vector plus a column vector, the factorised 2-D embedding of ViT,
+            Dosovitskiy et al. 2021, appendix D.4, summed instead of concatenated): every token of a
+            column shares its column part, so "left of" is a comparison of one learned part.
     """
 
     kind: str = "image_cnn"
@@ -68,6 +76,7 @@ class ImageEncoderConfig:
     image_size: int = 28
     widths: tuple[int, ...] = (16, 32)
     coords: bool = False
+    positions: str = "cells"
 
     def __post_init__(self) -> None:
         _positive("ImageEncoderConfig", dim=self.dim, channels=self.channels, image_size=self.image_size)
@@ -79,10 +88,17 @@ class ImageEncoderConfig:
             raise ConfigError(f"ImageEncoderConfig.coords must be true or false, got {self.coords!r}")
         if self.image_size % (2 ** len(self.widths)):
             raise ConfigError(f"ImageEncoderConfig.image_size={self.image_size} must be divisible by 2**{len(self.widths)}")
+        if self.positions not in IMAGE_POSITIONS:
+            raise ConfigError(f"ImageEncoderConfig.positions must be one of {IMAGE_POSITIONS}, got {self.positions!r}")
+
+    @property
+    def token_grid(self) -> int:
+        """Tokens per side: each block halves the side, so a token covers ``2**len(widths)`` pixels."""
+        return self.image_size // 2 ** len(self.widths)
 
     @property
     def num_tokens(self) -> int:
-        return (self.image_size // 2 ** len(self.widths)) ** 2
+        return self.token_grid**2
 
 
 @dataclass(frozen=True)
@@ -203,10 +219,22 @@ class ImageEncoder(nn.Module):
             nn.ModuleList(nn.Sequential(*st) for st in stages) if config.coords else nn.Sequential(*(m for st in stages for m in st))
         )
         self.proj = nn.Conv2d(prev, config.dim, 1)
-        self.pos = nn.Parameter(torch.randn(config.num_tokens, config.dim) * 0.02)
+        side = config.token_grid
+        if config.positions == "rows_cols":
+            self.pos_rows = nn.Parameter(torch.randn(side, config.dim) * 0.02)
+            self.pos_cols = nn.Parameter(torch.randn(side, config.dim) * 0.02)
+        else:  # "cells": the parameter name of models saved before the option existed
+            self.pos = nn.Parameter(torch.randn(config.num_tokens, config.dim) * 0.02)
         # The pooled vector is a linear map of all cells, not their mean: a mean over the cells of a
         # shallow CNN keeps which strokes occur but not where, and MNIST digits differ by where.
         self.pool = nn.Linear(config.num_tokens * config.dim, config.dim)
+
+    def positions(self) -> Tensor:
+        """The learned positions of the tokens, ``(h*w, D)`` in row-major order."""
+        if self.config.positions == "rows_cols":
+            grid = self.pos_rows[:, None, :] + self.pos_cols[None, :, :]  # (h, 1, D) + (1, w, D) -> (h, w, D)
+            return grid.flatten(0, 1)  # (h*w, D)
+        return self.pos
 
     def forward(self, images: Tensor) -> EncodedModality:
         """Encode ``(B, C, H, W)`` images in [0, 1]."""
@@ -220,7 +248,7 @@ class ImageEncoder(nn.Module):
         else:
             x = self.blocks(x)
         x = self.proj(x)  # (B, D, h, w)
-        tokens = x.flatten(2).transpose(1, 2) + self.pos  # (B, h*w, D)
+        tokens = x.flatten(2).transpose(1, 2) + self.positions()  # (B, h*w, D), row-major cells
         pooled = self.pool(nn.functional.gelu(tokens).flatten(1))  # (B, h*w*D) -> (B, D)
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return EncodedModality(tokens, mask, pooled)

@@ -1,0 +1,136 @@
+"""shapes VQA on the CPU: the image tokens are the scene's grid cells, with learned 2-D positions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from polymodal.data.record import Record
+from polymodal.data.shapes import ANSWERS, ShapesConfig, load_shapes
+from polymodal.errors import ConfigError
+from polymodal.models.build import load_preset
+from polymodal.models.classifier import ClassifierConfig
+from polymodal.models.classifier_encoders import (
+    ImageEncoder,
+    ImageEncoderConfig,
+    encoder_config_from_dict,
+    encoder_config_to_dict,
+)
+from polymodal.train import classifier_fit
+from polymodal.train.classifier_fit import DataSplits
+
+
+def _cells_config(positions: str = "rows_cols") -> ImageEncoderConfig:
+    return ImageEncoderConfig(dim=8, channels=3, image_size=48, widths=(4, 4, 8, 8), positions=positions)
+
+
+def test_vqa_presets_put_one_image_token_on_each_scene_cell() -> None:
+    grid = ShapesConfig().grid
+    for name in ("vqa-cross", "vqa-image"):
+        cfg = load_preset(name)
+        assert isinstance(cfg, ClassifierConfig)
+        image = cfg.encoders["image"]
+        assert isinstance(image, ImageEncoderConfig)
+        # the token stride (image_size / token_grid pixels) is the cell side: a token sees one cell
+        assert image.token_grid == grid
+        assert image.num_tokens == grid * grid
+
+
+def test_token_grid_shapes_and_row_major_cells() -> None:
+    torch.manual_seed(0)
+    enc = ImageEncoder(_cells_config())
+    out = enc(torch.rand(2, 3, 48, 48))
+    assert out.tokens.shape == (2, 9, 8)
+    assert out.mask.shape == (2, 9) and bool(out.mask.all())
+    assert out.pooled.shape == (2, 8)
+    # token r * 3 + c is cell (r, c) of the last feature map plus that cell's position
+    images = torch.rand(2, 3, 48, 48)
+    with torch.no_grad():
+        tokens = enc(images).tokens  # (2, 9, 8)
+        cells = enc.proj(enc.blocks(images * 2.0 - 1.0))  # (2, 8, 3, 3)
+        pos = enc.positions()  # (9, 8)
+    for r in range(3):
+        for c in range(3):
+            torch.testing.assert_close(tokens[:, r * 3 + c], cells[:, :, r, c] + pos[r * 3 + c])
+
+
+def test_rows_cols_positions_are_a_row_part_plus_a_column_part() -> None:
+    torch.manual_seed(0)
+    enc = ImageEncoder(_cells_config())
+    names = {n for n, _ in enc.named_parameters()}
+    assert {"pos_rows", "pos_cols"} <= names and "pos" not in names
+    pos = enc.positions().view(3, 3, 8)  # (row, column, D)
+    # moving one row down changes every column's position by the same vector (and vice versa)
+    torch.testing.assert_close(pos[1] - pos[0], (enc.pos_rows[1] - enc.pos_rows[0]).expand(3, 8))
+    torch.testing.assert_close(pos[:, 2] - pos[:, 0], (enc.pos_cols[2] - enc.pos_cols[0]).expand(3, 8))
+    # both parts are trained: a loss on the tokens reaches them
+    enc(torch.rand(2, 3, 48, 48)).tokens.square().sum().backward()
+    assert enc.pos_rows.grad is not None and float(enc.pos_rows.grad.abs().sum()) > 0
+    assert enc.pos_cols.grad is not None and float(enc.pos_cols.grad.abs().sum()) > 0
+
+
+def test_cells_positions_keep_the_saved_parameter_name() -> None:
+    enc = ImageEncoder(_cells_config("cells"))
+    assert enc.pos.shape == (9, 8)
+    torch.testing.assert_close(enc.positions(), enc.pos)
+
+
+def test_positions_config_round_trip_and_errors() -> None:
+    cfg = _cells_config()
+    assert encoder_config_from_dict(encoder_config_to_dict(cfg)) == cfg
+    assert ImageEncoderConfig().positions == "cells"  # older presets and saved models
+    with pytest.raises(ConfigError, match="positions"):
+        ImageEncoderConfig(positions="sine")
+
+
+def test_recipe_is_what_fuse_train_uses(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen: dict[str, object] = {}
+
+    def fake_load(spec: str, *, splits: tuple[str, ...] = ("train", "val", "test"), vqa_sizes: dict | None = None) -> DataSplits:
+        seen["vqa_sizes"] = vqa_sizes
+        return DataSplits(spec, {s: _vqa(s, 60) for s in splits}, ANSWERS)
+
+    def fake_fit(config: ClassifierConfig, data: DataSplits, **kw: object) -> classifier_fit.FitResult:
+        seen.update(kw)
+        raise _Stop
+
+    monkeypatch.setattr(classifier_fit, "load_data", fake_load)
+    monkeypatch.setattr(classifier_fit, "fit_classifier", fake_fit)
+    with pytest.raises(_Stop):
+        classifier_fit.train_run("builtin:shapes-vqa", tmp_path / "m", fusion="cross_modal")
+    recipe = classifier_fit.RECIPES["builtin:shapes-vqa"]
+    assert seen["vqa_sizes"] == recipe.vqa_sizes
+    assert (seen["epochs"], seen["batch_size"], seen["lr"]) == (recipe.epochs, recipe.batch_size, recipe.lr)
+    with pytest.raises(_Stop):
+        classifier_fit.train_run("builtin:shapes-vqa", tmp_path / "m", fusion="cross_modal", epochs=3)
+    assert seen["epochs"] == 3
+
+
+class _Stop(Exception):
+    pass
+
+
+def _vqa(split: str, n: int, types: tuple[str, ...] | None = None) -> list[Record]:
+    records = load_shapes(split, n=n, kind="vqa")
+    return [r for r in records if types is None or r.extra["question_type"] in types]
+
+
+def test_tiny_fit_reads_the_image_where_the_question_alone_cannot() -> None:
+    # Count questions ("how many shapes are there?") are all the same text with uniform answers 1-3:
+    # the question-only model is at chance (1/3), the cross-attention model has to count the cells.
+    data = DataSplits("builtin:shapes-vqa", {"train": _vqa("train", 1500, ("count",)), "val": _vqa("val", 1500, ("count",))}, ANSWERS)
+    accs = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small convolutions: one thread is fastest and leaves the other cores alone
+    try:
+        for name in ("vqa-cross", "vqa-question"):
+            cfg = load_preset(name)
+            assert isinstance(cfg, ClassifierConfig)
+            r = classifier_fit.fit_classifier(cfg, data, epochs=8, batch_size=32, lr=3e-3, seed=0)
+            accs[name] = r.val_accuracy
+    finally:
+        torch.set_num_threads(threads)
+    assert accs["vqa-question"] < 0.5
+    assert accs["vqa-cross"] > 0.8
