@@ -3,6 +3,10 @@ them on the test splits (with each modality missing), run the robustness report,
 markdown tables of docs/fusion.md.
 
     python scripts/fusion_table.py --out runs/fusion [--device cuda] [--only avdigits|vqa] [--skip-robustness]
+        [--threads 1] [--vqa-epochs N] [--vqa-train N]
+
+shapes VQA uses the recipe of ``polymodal fuse train --data builtin:shapes-vqa`` (classifier_fit.RECIPES)
+and reports accuracy per question type on validation and test.
 
 The robustness report is the same as ``polymodal robustness --model runs/fusion/avdigits/<name> ... --out
 runs/fusion/avdigits/robustness`` on the saved models (``--skip-robustness`` leaves it to that command).
@@ -19,9 +23,18 @@ from pathlib import Path
 
 import torch
 
+from polymodal.data.shapes import QUESTION_TYPES
 from polymodal.eval.robustness import missing_modality_accuracy, robustness_run
 from polymodal.models.build import load_preset
-from polymodal.train.classifier_fit import encode_labels, fit_classifier, load_data, save_classifier
+from polymodal.train.classifier_fit import (
+    RECIPES,
+    encode_labels,
+    fit_classifier,
+    load_data,
+    predict,
+    prepare,
+    save_classifier,
+)
 
 AV_MODELS = ("image", "audio", "early", "late", "tensor", "low_rank", "gated", "cross_modal")
 VQA_MODELS = ("vqa-cross", "vqa-question", "vqa-image")
@@ -62,21 +75,41 @@ def avdigits(out: Path, device: str, epochs: int, names: list[str], robustness: 
     return lines
 
 
-def vqa(out: Path, device: str, epochs: int, train_size: int) -> list[str]:
+def per_type_accuracy(model: torch.nn.Module, records: list, labels: torch.Tensor) -> dict[str, float]:
+    """Accuracy over all records and per question type (``extra["question_type"]``)."""
+    pred = predict(model, prepare(model.config, records))
+    right = pred == labels
+    out = {"all": float(right.float().mean())}
+    types = [r.extra["question_type"] for r in records]
+    for q in QUESTION_TYPES:
+        idx = torch.tensor([i for i, t in enumerate(types) if t == q], dtype=torch.int64)
+        out[q] = float(right[idx].float().mean()) if len(idx) else float("nan")
+    return out
+
+
+def vqa(out: Path, device: str, epochs: int | None, train_size: int | None, names: list[str]) -> list[str]:
+    """Train vqa-cross and the two baselines with the shapes-vqa recipe; one table row per model and split."""
+    recipe = RECIPES["builtin:shapes-vqa"]
+    sizes = {**(recipe.vqa_sizes or {}), **({"train": train_size} if train_size else {})}
+    epochs = epochs or recipe.epochs
     t0 = time.perf_counter()
-    data = load_data("builtin:shapes-vqa", vqa_sizes={"train": train_size})
-    log(f"shapes-vqa generated in {time.perf_counter() - t0:.0f} s")
-    test = data.splits["test"]
-    lines = ["| model | test accuracy | val accuracy | train s |", "|---|---|---|---|"]
-    for name in VQA_MODELS:
-        r = fit_classifier(load_preset(name), data, epochs=epochs, batch_size=128, lr=1e-3, device=device, seed=0,
-                           log=lambda s, n=name: log(f"{n} {s}"))  # fmt: skip
+    data = load_data("builtin:shapes-vqa", vqa_sizes=sizes)
+    log(f"shapes-vqa {({s: len(v) for s, v in data.splits.items()})} generated in {time.perf_counter() - t0:.0f} s")
+    head = " | ".join(QUESTION_TYPES)
+    lines = [f"| model | split | accuracy | {head} | best epoch | train s |", "|---|---|---|" + "---|" * len(QUESTION_TYPES) + "---|---|"]
+    for name in names:
+        r = fit_classifier(load_preset(name), data, epochs=epochs, batch_size=recipe.batch_size, lr=recipe.lr, device=device,
+                           seed=0, log=lambda s, n=name: log(f"{n} {s}"))  # fmt: skip
         save_classifier(r, out / "vqa" / name, data=data.name, extra={"preset": name})
-        labels = encode_labels(test, model_labels=r.model.config.labels, label_names=data.label_names, split="test")
-        acc = missing_modality_accuracy(r.model.to(device), test, labels)
-        log(f"vqa {name}: {json.dumps(acc)} val {r.val_accuracy:.4f} ({r.seconds:.0f} s)")
-        lines.append(f"| {name} | {acc['all']:.3f} | {r.val_accuracy:.3f} | {r.seconds:.0f} |")
-        (out / "vqa_table.md").write_text("\n".join(lines) + "\n")
+        model = r.model.to(device)
+        for split in ("val", "test"):
+            records = data.splits[split]
+            labels = encode_labels(records, model_labels=model.config.labels, label_names=data.label_names, split=split)
+            acc = per_type_accuracy(model, records, labels)
+            log(f"vqa {name} {split}: {json.dumps(acc)} (best epoch {r.best_epoch}, {r.seconds:.0f} s)")
+            cells = " | ".join(f"{acc[q]:.3f}" for q in QUESTION_TYPES)
+            lines.append(f"| {name} | {split} | {acc['all']:.3f} | {cells} | {r.best_epoch + 1}/{epochs} | {r.seconds:.0f} |")
+        (out / f"vqa_table{'' if list(names) == list(VQA_MODELS) else '-' + '-'.join(names)}.md").write_text("\n".join(lines) + "\n")
     return lines
 
 
@@ -88,14 +121,18 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--models", nargs="+", choices=AV_MODELS, default=list(AV_MODELS), help="avdigits models to train")
     p.add_argument("--skip-robustness", action="store_true", help="no robustness report (run `polymodal robustness` instead)")
-    p.add_argument("--vqa-epochs", type=int, default=40)
-    p.add_argument("--vqa-train", type=int, default=10000)
+    p.add_argument("--vqa-epochs", type=int, default=None, help="default: the shapes-vqa recipe's (classifier_fit.RECIPES)")
+    p.add_argument("--vqa-train", type=int, default=None, help="training scenes; default: the recipe's")
+    p.add_argument("--vqa-models", nargs="+", choices=VQA_MODELS, default=list(VQA_MODELS), help="shapes VQA models to train")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (1 for the CPU tables)")
     a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
     if a.only in (None, "avdigits"):
         print("\n".join(avdigits(a.out, a.device, a.epochs, a.models, not a.skip_robustness)))
     if a.only in (None, "vqa"):
-        print("\n".join(vqa(a.out, a.device, a.vqa_epochs, a.vqa_train)))
+        print("\n".join(vqa(a.out, a.device, a.vqa_epochs, a.vqa_train, a.vqa_models)))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ def fuse() -> None:
               help="early, late, tensor, low_rank, gated, cross_modal; or image/audio/question for a unimodal baseline")  # fmt: skip
 @click.option("--preset", default=None, help="a preset name or JSON file instead of the one --fusion picks")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="model folder to write")
-@click.option("--epochs", default=15, show_default=True, type=click.IntRange(min=1))
+@click.option("--epochs", default=None, type=click.IntRange(min=1), help="default: the data's recipe (avdigits 15, shapes-vqa see docs/fusion.md)")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--modality-dropout", default=None, type=click.FloatRange(0, 1, max_open=True), help="override the preset's")
 @click.option("--dropout-scheme", default=None, type=click.Choice(["independent", "one"]),
@@ -30,7 +30,7 @@ def fuse() -> None:
 @click.option("--select", default="auto", show_default=True, type=click.Choice(["auto", "all", "missing"]),
               help="validation score that keeps the epoch: accuracy with all modalities, or its mean with each one missing (auto: missing with modality dropout)")  # fmt: skip
 @click.option("--device", default="cpu", show_default=True)
-def train_cmd(data: str, fusion: str, preset: str | None, out: str, epochs: int, seed: int, modality_dropout: float | None,
+def train_cmd(data: str, fusion: str, preset: str | None, out: str, epochs: int | None, seed: int, modality_dropout: float | None,
               dropout_scheme: str | None, aux_loss_weight: float | None, select: str, device: str) -> None:  # fmt: skip
     """Train a classifier; the epoch with the best validation score is kept."""
     from polymodal.train.classifier_fit import train_run

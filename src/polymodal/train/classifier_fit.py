@@ -30,7 +30,9 @@ from polymodal.models.classifier_inputs import featurize, raw_inputs
 
 __all__ = [
     "BUILTIN_DATA",
+    "RECIPES",
     "DataSplits",
+    "Recipe",
     "FitResult",
     "accuracy",
     "encode_labels",
@@ -40,6 +42,30 @@ __all__ = [
 ]
 
 BUILTIN_DATA: tuple[str, ...] = ("builtin:avdigits", "builtin:shapes-vqa")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The training settings ``polymodal fuse train`` uses for a built-in data source by default.
+
+    Args:
+        epochs: passes over the training split.
+        batch_size: examples per step.
+        lr: peak AdamW learning rate (one-cycle: 10 % linear warmup, then cosine to 0).
+        vqa_sizes: records per split for shapes-vqa (``None``: :func:`load_data`'s default).
+    """
+
+    epochs: int
+    batch_size: int
+    lr: float
+    vqa_sizes: dict[str, int] | None = None
+
+
+# shapes-vqa: chosen on validation only, on one CPU thread (docs/fusion.md, "shapes VQA on the CPU")
+RECIPES: dict[str, Recipe] = {
+    "builtin:avdigits": Recipe(epochs=15, batch_size=64, lr=2e-3),
+    "builtin:shapes-vqa": Recipe(epochs=10, batch_size=64, lr=1e-3, vqa_sizes={"train": 40000, "val": 1000}),
+}
 
 
 @dataclass
@@ -315,7 +341,7 @@ def train_run(
     *,
     fusion: str = "tensor",
     preset: str | None = None,
-    epochs: int = 15,
+    epochs: int | None = None,
     seed: int = 0,
     device: str = "cpu",
     modality_dropout: float | None = None,
@@ -327,7 +353,8 @@ def train_run(
     """Load ``data``, build the preset, train with model selection on val, save to ``out``.
 
     ``modality_dropout``, ``dropout_scheme`` and ``aux_loss_weight`` override the preset's when given;
-    ``select`` is :func:`fit_classifier`'s.
+    ``select`` is :func:`fit_classifier`'s. ``epochs=None`` and the batch size, learning rate and (for
+    shapes-vqa) number of training scenes come from :data:`RECIPES`.
     """
     from polymodal.models.build import load_preset
 
@@ -336,8 +363,10 @@ def train_run(
         raise ConfigError(f"preset {preset!r} is not a classifier preset")
     overrides = {"modality_dropout": modality_dropout, "dropout_scheme": dropout_scheme, "aux_loss_weight": aux_loss_weight}
     config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
-    splits = load_data(data, splits=("train", "val"))
-    result = fit_classifier(config, splits, epochs=epochs, seed=seed, device=device, select=select, log=log)
+    recipe = RECIPES.get(data, RECIPES["builtin:avdigits"])
+    splits = load_data(data, splits=("train", "val"), vqa_sizes=recipe.vqa_sizes)
+    result = fit_classifier(config, splits, epochs=recipe.epochs if epochs is None else epochs, batch_size=recipe.batch_size,
+                            lr=recipe.lr, seed=seed, device=device, select=select, log=log)  # fmt: skip
     save_classifier(result, out, data=data, extra={"preset": preset or default_preset(data, fusion), "seed": seed})
     return result
 
