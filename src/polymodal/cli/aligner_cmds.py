@@ -106,7 +106,8 @@ def eval_cmd(model_dir, data, split, as_json):
     test = load_pairs(data, split)
     train_ps = load_pairs(data, "train") if split == "test" else None
     val_ps = load_pairs(data, "val") if split == "test" else None
-    ev = evaluate_aligner(model, test, cache=cache, train=train_ps, val=val_ps, progress=not as_json)
+    ev = evaluate_aligner(model, test, cache=cache, train=train_ps, val=val_ps,
+                          support=getattr(model, "support", None), progress=not as_json)
     if as_json:
         click.echo(json.dumps({"split": split, "size": len(test), "metrics": ev.metrics, "baselines": ev.baselines,
                                "bad_records": [b.to_dict() for b in test.bad]}, indent=2))

@@ -22,13 +22,15 @@ from polymodal.eval.linear_probe import linear_probe
 from polymodal.eval.retrieval import retrieval_metrics
 from polymodal.eval.templates import EMOJI_TEMPLATES
 from polymodal.eval.zeroshot import (
+    ClassificationMetrics,
+    SubclassClassifier,
     build_subclass_classifier,
-    build_zeroshot_classifier,
     classification_metrics,
     subclass_classify,
     zeroshot_classify,
 )
 from polymodal.models.protocol import DualEncoder
+from polymodal.models.support import SupportSet
 from polymodal.train.feature_cache import FeatureCache
 from polymodal.train.trunk_features import collate_text_trunks, image_trunk_features, text_trunk_features
 
@@ -88,6 +90,19 @@ def _cached_text_encoder(model: DualEncoder, cache: FeatureCache) -> Callable[[l
     return encode
 
 
+def _zeroshot_scores(img: Tensor, classifier: SubclassClassifier, model: DualEncoder) -> Tensor:
+    """Class scores: the members' summed softmax at the model's temperature, or plain cosine when every
+    class has one member (the flat prompt-ensemble classifier, whose ranking needs no temperature)."""
+    if len(classifier.owner) > classifier.num_classes:
+        return subclass_classify(img, classifier, logit_scale=_temperature_scale(model))
+    return zeroshot_classify(img, classifier.weights)
+
+
+def _prefixed(cm: ClassificationMetrics, prefix: str) -> dict[str, float]:
+    return {f"{prefix}{k}": float(v) for k, v in cm.to_dict().items()
+            if isinstance(v, (int, float)) and k not in ("num_classes", "num_samples")}
+
+
 def _temperature_scale(model: DualEncoder) -> float:
     """``exp(logit_scale)`` clamped as in training: the temperature the model's similarities were fit at."""
     return float(model.logit_scale.detach().clamp(max=model.config.max_logit_scale).exp())
@@ -107,6 +122,7 @@ def evaluate_aligner(
     templates: tuple[str, ...] = EMOJI_TEMPLATES,
     probe: bool = True,
     probe_cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0),
+    support: SupportSet | None = None,
     progress: bool = False,
 ) -> AlignerEvaluation:
     """All metrics of ``model`` on ``test``; ``train``/``val`` feed the probe and the majority baseline.
@@ -114,10 +130,17 @@ def evaluate_aligner(
     Zero-shot classes with subclasses (``subclasses(kind, name)``, e.g. an OpenMoji group's subgroups)
     are scored by :func:`~polymodal.eval.zeroshot.subclass_classify` at the model's own temperature;
     classes without are scored by their prompt ensemble alone.
+
+    With a ``support`` set (the training pairs' embeddings), retrieval and zero-shot are measured a second
+    time with support-mixed embeddings (:class:`~polymodal.models.support.SupportSet`) under keys
+    prefixed ``support/``; the plain keys keep CLIP_benchmark's definitions.
     """
     img, txt = embed_pairs(model, test, cache=cache, progress=progress)
     owner = torch.arange(len(test))
     metrics: dict[str, float] = dict(retrieval_metrics(img, txt, owner))
+    if support is not None:
+        both = retrieval_metrics(support.augment_image(img), support.augment_text(txt), owner)
+        metrics.update({f"support/{k}": v for k, v in both.items()})
     baselines: dict[str, dict[str, float]] = {}
     for name, vals in retrieval_baselines(owner, len(test)).items():
         baselines.setdefault(name, {}).update(vals)
@@ -133,17 +156,15 @@ def evaluate_aligner(
         if len(set(texts)) != len(texts):  # two classes with the same text: keep them apart by name
             texts = [f"{t} ({c})" if texts.count(t) > 1 else t for t, c in zip(texts, classes)]
         members = [[t, *subclasses(kind, c)] for t, c in zip(texts, classes, strict=True)]
-        if any(len(m) > 1 for m in members):
-            sub = build_subclass_classifier(encode, members, list(templates))
-            scores = subclass_classify(img, sub, logit_scale=_temperature_scale(model))
-        else:
-            clf = build_zeroshot_classifier(encode, texts, list(templates))
-            scores = zeroshot_classify(img, clf)
+        sub = build_subclass_classifier(encode, members, list(templates))
+        scores = _zeroshot_scores(img, sub, model)
         cm = classification_metrics(scores, y)
-        for k, v in cm.to_dict().items():
-            if isinstance(v, (int, float)) and k not in ("num_classes", "num_samples"):
-                metrics[f"zeroshot_{kind}/{k}"] = float(v)
+        metrics.update(_prefixed(cm, f"zeroshot_{kind}/"))
         confusion[kind] = (classes, cm.confusion)
+        if support is not None:
+            mixed = SubclassClassifier(support.augment_text(sub.weights.T).T, sub.owner, sub.num_classes)
+            metrics.update(_prefixed(classification_metrics(_zeroshot_scores(img, mixed, model), y),
+                                     f"support/zeroshot_{kind}/"))
         ytrain = [index[c] for c in train.labels[kind]] if train and kind in train.labels else y.tolist()
         for name, vals in classification_baselines(ytrain, y, len(classes), prefix=f"zeroshot_{kind}/").items():
             baselines.setdefault(name, {}).update(vals)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 
 from polymodal.errors import ConfigError
 from polymodal.models.heads import ProjectionHead
+from polymodal.models.support import SUPPORT_FILE, SupportSet
 from polymodal.towers.efficientnet import EfficientNetLite0
 from polymodal.towers.efficientnet_runner import EfficientNetLite0Runner
 from polymodal.towers.minilm import MiniLMTextTower, TokenBatch
@@ -100,6 +102,9 @@ class Aligner(nn.Module):
         self.image_split = IMAGE_BLOCKS - config.unlock_image
         self.text_split = TEXT_LAYERS - config.unlock_text
         self._freeze_trunks()
+        # The training pairs' embeddings, set after training and saved beside the weights; zero-shot
+        # mixes label text with the images of its nearest training captions (polymodal.models.support).
+        self.support: SupportSet | None = None
 
     # ---------------------------------------------------------------- freezing
     def _freeze_trunks(self) -> None:
@@ -135,6 +140,20 @@ class Aligner(nn.Module):
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """The parameters that training changes: heads, temperature and unlocked tower parts."""
         return {k: v.detach().clone() for k, v in self.named_parameters() if v.requires_grad}
+
+    # ---------------------------------------------------------------- files besides the weights
+    def save_assets(self, path: str | Path) -> None:
+        """Write the support set, if there is one (called by ``polymodal.models.io.save_model``)."""
+        target = Path(path) / SUPPORT_FILE
+        if self.support is not None:
+            self.support.save(target)
+        elif target.exists():  # a stale support set would not match these weights
+            target.unlink()
+
+    def load_assets(self, path: str | Path) -> None:
+        """Read the support set written by :meth:`save_assets` (called by ``polymodal.load``)."""
+        f = Path(path) / SUPPORT_FILE
+        self.support = SupportSet.load(f) if f.is_file() else None
 
     # ---------------------------------------------------------------- ids for caches
     @property
@@ -233,8 +252,17 @@ class Aligner(nn.Module):
         labels: Sequence[str],
         *,
         templates: Sequence[str] | None = None,
+        support: bool = True,
     ) -> list[list[tuple[str, float]]]:
-        """Zero-shot prediction from label text: per image, (label, probability) pairs, best first."""
+        """Zero-shot prediction from label text: per image, (label, probability) pairs, best first.
+
+        Args:
+            images: Preprocessed (B, 3, H, W) images or PIL images.
+            labels: The class texts.
+            templates: Prompts with ``{c}``; default the emoji templates, prompt-ensembled.
+            support: Mix each label's prompt ensemble with the images of its nearest training captions
+                (SuS-X style, :class:`~polymodal.models.support.SupportSet`) when the model has a support set.
+        """
         from polymodal.eval.templates import DEFAULT_TEMPLATES
         from polymodal.eval.zeroshot import build_zeroshot_classifier
 
@@ -245,6 +273,9 @@ class Aligner(nn.Module):
         classifier = build_zeroshot_classifier(
             lambda t: self.encode_text(t), list(labels), list(templates or DEFAULT_TEMPLATES)
         )  # (D, C)
+        bank = getattr(self, "support", None)  # CLIP shares this method and has no support set
+        if support and bank is not None:
+            classifier = bank.augment_text(classifier.T).T  # (D, C), unit columns
         probs = (self.scale() * self.encode_image(images) @ classifier).softmax(dim=-1)
         self.train(was_training)
         out = []

@@ -22,6 +22,7 @@ from polymodal.models.aligner import AlignerConfig
 from polymodal.models.build import build_model
 from polymodal.models.io import save_model
 from polymodal.models.protocol import DualEncoder
+from polymodal.models.support import build_support_set
 from polymodal.train.checkpoint import atomic_write_json
 from polymodal.train.feature_cache import FeatureCache, default_cache_dir
 from polymodal.train.fit import DualEncoderTrainer, FitResult, TrainConfig, seed_everything
@@ -86,6 +87,8 @@ def train_aligner(
     fit = trainer.fit(out / "checkpoint", resume=resume)
     if not main_process:
         return RunResult(out, {}, {}, fit, bad, time.perf_counter() - t0)
+    if hasattr(model, "support"):  # the training pairs' embeddings, saved with the model (models/support.py)
+        model.support = build_support_set(model, splits["train"], cache=cache, seed=train_config.seed)
     save_model(model, out, extra={"data": data, "train": asdict(train_config)})
 
     seed_everything(train_config.seed)
@@ -93,7 +96,7 @@ def train_aligner(
     if hasattr(untrained, "set_tokenizer"):
         untrained.set_tokenizer(model.tokenizer)  # the untrained baseline reads text the same way
     ev = evaluate_aligner(model, splits["test"], cache=cache, train=splits["train"], val=splits["val"],
-                          untrained=untrained, progress=progress)
+                          untrained=untrained, support=getattr(model, "support", None), progress=progress)
     result = RunResult(out, ev.metrics, ev.baselines, fit, bad, time.perf_counter() - t0)
     atomic_write_json(out / "metrics.json", _metrics_json(result, data, splits))
     atomic_write_json(out / "history.json", fit.history)
