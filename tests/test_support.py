@@ -112,3 +112,26 @@ def test_zeroshot_uses_the_support_set_and_it_survives_save_load(tmp_path, align
     save_model(aligner, tmp_path / "m")  # a model without a support set removes the stale file
     assert not (tmp_path / "m" / SUPPORT_FILE).exists()
     assert load(tmp_path / "m").support is None
+
+
+def test_zeroshot_cli_support_switch(tmp_path, aligner, capsys) -> None:
+    from polymodal.cli.main import main
+    from polymodal.models.io import save_model
+
+    img = Image.new("RGB", (64, 64), (40, 40, 220))
+    path = tmp_path / "blue.png"
+    img.save(path)
+    x = aligner.encode_image([img])
+    other = F.normalize(torch.randn_like(x), dim=-1)
+    aligner.support = SupportSet(torch.cat([x, other]), aligner.encode_text(["a rocket", "a cat"]),
+                                 SupportConfig(text_k=1, text_weight=4.0))
+    try:
+        save_model(aligner, tmp_path / "m")
+        want = {flag: dict(aligner.zeroshot([img], ["a cat", "a rocket"], support=flag)[0]) for flag in (True, False)}
+    finally:
+        aligner.support = None
+    for flag, args in ((True, []), (False, ["--no-support"])):
+        assert main(["zeroshot", "--model", str(tmp_path / "m"), "--labels", "a cat,a rocket", str(path), "--json", *args]) == 0
+        got = {lb["label"]: lb["score"] for lb in json.loads(capsys.readouterr().out)[0]["labels"]}
+        assert got == pytest.approx(want[flag], abs=1e-3)
+    assert want[True]["a rocket"] > want[False]["a rocket"]

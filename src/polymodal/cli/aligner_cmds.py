@@ -119,8 +119,10 @@ def eval_cmd(model_dir, data, split, as_json):
 @click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--labels", required=True, help='comma-separated label texts, e.g. "cat,dog"')
 @click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--support/--no-support", default=True, show_default=True,
+              help="mix each label with the images of its nearest training captions (the model's support set)")
 @click.option("--json", "as_json", is_flag=True)
-def zeroshot(model_dir, labels, images, as_json):
+def zeroshot(model_dir, labels, images, support, as_json):
     """Zero-shot labels for images from label text."""
     from polymodal.data.images import load_image
     from polymodal.models.io import load
@@ -128,7 +130,7 @@ def zeroshot(model_dir, labels, images, as_json):
     names = [s.strip() for s in labels.split(",") if s.strip()]
     model = load(model_dir)
     pil = [load_image(p) for p in images]
-    results = model.zeroshot(pil, names)
+    results = model.zeroshot(pil, names, support=support)
     if as_json:
         click.echo(json.dumps([{"image": p, "labels": [{"label": lb, "score": s} for lb, s in r]}
                                for p, r in zip(images, results)], indent=2))
