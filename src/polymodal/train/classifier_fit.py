@@ -64,7 +64,7 @@ class Recipe:
 # shapes-vqa: chosen on validation only, on one CPU thread (docs/fusion.md, "shapes VQA on the CPU")
 RECIPES: dict[str, Recipe] = {
     "builtin:avdigits": Recipe(epochs=15, batch_size=64, lr=2e-3),
-    "builtin:shapes-vqa": Recipe(epochs=10, batch_size=64, lr=1e-3, vqa_sizes={"train": 40000, "val": 1000}),
+    "builtin:shapes-vqa": Recipe(epochs=5, batch_size=64, lr=1e-3, vqa_sizes={"train": 80000, "val": 1000}),
 }
 
 
