@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from polymodal.errors import ConfigError, ShapeError
-from polymodal.fusion import FUSIONS, LowRankFusion, TensorFusion
+from polymodal.fusion import FUSIONS, CrossModalFusion, LowRankFusion, TensorFusion
 
 DIMS = {"image": 6, "audio": 5}
 OPTIONS = {"cross_modal": {"model_dim": 8, "heads": 2, "depth": 1}, "low_rank": {"rank": 3}}
@@ -115,3 +115,63 @@ def test_bad_inputs_are_named() -> None:
         LowRankFusion(DIMS, 4, rank=0)
     with pytest.raises(ConfigError, match="two modalities"):
         FUSIONS["cross_modal"]({"image": 4}, 4)
+
+
+def _cross(pool: str) -> CrossModalFusion:
+    torch.manual_seed(0)
+    return CrossModalFusion(DIMS, 7, model_dim=8, heads=2, depth=2, pool=pool)
+
+
+def test_cross_modal_query_pool_is_trained_and_old_state_dicts_still_load() -> None:
+    mean, query = _cross("mean"), _cross("query")
+    # a model saved before the option (mean pooling) has no query tokens: its state dict loads unchanged
+    assert set(query.state_dict()) - set(mean.state_dict()) == {"query.image", "query.audio"}
+    _cross("mean").load_state_dict(mean.state_dict(), strict=True)
+    feats, present = _inputs(tokens=True)
+    query(feats, present).square().sum().backward()
+    for m in DIMS:
+        assert float(query.query[m].grad.abs().sum()) > 0, m
+    with pytest.raises(ConfigError, match="pool"):
+        CrossModalFusion(DIMS, 7, model_dim=8, heads=2, pool="max")
+
+
+@pytest.mark.parametrize("pool", ["mean", "query"])
+def test_cross_modal_pools_ignore_padding_but_not_the_valid_tokens(pool: str) -> None:
+    fusion = _cross(pool).eval()
+    feats, present = _inputs(tokens=True)
+    feats = {m: v.detach() for m, v in feats.items()}
+    masks = {m: torch.ones(4, 3, dtype=torch.bool) for m in DIMS}
+    padded = {**feats, "image": torch.cat([feats["image"], 50 * torch.randn(4, 2, DIMS["image"])], 1)}
+    padded_masks = {**masks, "image": torch.cat([masks["image"], torch.zeros(4, 2, dtype=torch.bool)], 1)}
+    with torch.no_grad():
+        a = fusion(feats, present, masks)
+        b = fusion(padded, present, padded_masks)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # padded image tokens: as if not there
+        # the query (or the mean) still reads the valid tokens of both modalities
+        for m in DIMS:
+            changed = {**feats, m: feats[m].clone()}
+            changed[m][0, 1] += 1.0
+            assert not torch.allclose(fusion(changed, present, masks)[0], a[0]), m
+
+
+def test_query_pool_output_is_the_query_token_through_the_blocks() -> None:
+    # the definition: prepend the learned query to the target's tokens, run the blocks, normalise, take
+    # token 0 (BERT's [CLS]); the other modality's tokens are the memory, without a query.
+    fusion = _cross("query").eval()
+    feats, present = _inputs(tokens=True)
+    with torch.no_grad():
+        tok = {m: fusion.inputs[m](fusion.fill_missing(feats[m], present[m], m)) + fusion.type_embed[m] for m in DIMS}
+        # an absent modality keeps one (filled) token: rows 1 (image) and 2 (audio) here
+        pad = {m: torch.zeros(4, 3, dtype=torch.bool) for m in DIMS}
+        for m in DIMS:
+            pad[m][~present[m], 1:] = True
+        pooled = []
+        for m in fusion.modalities:
+            (o,) = [o for o in fusion.modalities if o != m]
+            x = torch.cat([fusion.query[m].expand(4, 1, -1), tok[m]], 1)  # (B, 1 + N, d)
+            x_pad = torch.cat([torch.zeros(4, 1, dtype=torch.bool), pad[m]], 1)  # (B, 1 + N)
+            for block in fusion.blocks[m]:
+                x = block(x, tok[o], key_padding_mask=x_pad, memory_key_padding_mask=pad[o])
+            pooled.append(fusion.norm(x)[:, 0])
+        want = fusion.out(torch.cat(pooled, -1))
+        torch.testing.assert_close(fusion(feats, present), want, rtol=1e-5, atol=1e-5)

@@ -194,3 +194,28 @@ def test_config_and_arguments_are_checked() -> None:
         load_shapes("train", n=1, kind="clips", config=ShapesConfig(grid=3, max_shapes=4))
     small = load_shapes("train", n=5, kind="vqa", config=ShapesConfig(image_size=32, max_shapes=5))
     assert all(np.asarray(r.image).shape == (32, 32, 3) for r in small)
+
+
+def test_relation_yes_no_needs_both_cells_and_the_order_of_the_shapes(vqa_train: list) -> None:
+    """Issue #5 diagnosis: the data is answerable. (relation, cell of the first shape, cell of the second)
+    fixes the answer, swapping the two shapes flips it unless they share the compared row/column, and
+    the question text alone says nothing (yes/no balanced within each question)."""
+    by_key: dict[tuple, set] = defaultdict(set)
+    by_text: dict[str, Counter] = defaultdict(Counter)
+    records = [r for r in vqa_train if r.extra["question_type"] == "relation_yes_no"]
+    assert len(records) > 300
+    for r in records:
+        m = re.fullmatch(r"is the (\w+) (left of|right of|above|below) the (\w+)\?", r.text)
+        assert m, r.text
+        cells = {s["kind"]: tuple(s["cell"]) for s in r.extra["scene"]["shapes"]}
+        a, rel, b = cells[m[1]], m[2], cells[m[3]]
+        by_key[(rel, a, b)].add(r.extra["answer"])
+        by_text[r.text][r.extra["answer"]] += 1
+        axis = 1 if rel.endswith("of") else 0
+        if a[axis] != b[axis]:  # the reversed question has the other answer
+            swapped = answer(r.extra["scene"], f"is the {m[3]} {rel} the {m[1]}?")
+            assert swapped != r.extra["answer"], r.text
+    assert all(len(v) == 1 for v in by_key.values())
+    # question-only: the per-question majority on these training records is near chance
+    majority = sum(c.most_common(1)[0][1] for c in by_text.values()) / len(records)
+    assert majority < 0.75, majority  # about 0.6 from small counts per question; a tell would give ~1

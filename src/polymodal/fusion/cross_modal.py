@@ -17,14 +17,23 @@ from polymodal.errors import ConfigError
 from polymodal.fusion.base import Fusion, masked_mean
 from polymodal.nn.transformer import TransformerDecoderLayer
 
-__all__ = ["CrossModalFusion"]
+__all__ = ["POOLS", "CrossModalFusion"]
+
+POOLS: tuple[str, ...] = ("mean", "query")
 
 
 class CrossModalFusion(Fusion):
     """For each target modality ``m``: ``depth`` blocks of self-attention, cross-attention to the
     concatenated tokens of every other modality (keys/values), and an MLP (MulT's crossmodal
-    transformer, sec. 3.2, with all sources at once); then masked mean pooling per modality,
-    concatenation and a linear map.
+    transformer, sec. 3.2, with all sources at once); then one vector per modality, concatenation and a
+    linear map.
+
+    The vector per modality is either the masked mean of its tokens (``pool="mean"``, MulT) or the output
+    of a learned query token prepended to its tokens (``pool="query"``, BERT's ``[CLS]``, Devlin et al.
+    2019; the VQA models' pooled output, e.g. LXMERT). The query token self-attends to every token of
+    its modality and cross-attends to the other modalities in each block, so a question like "is the
+    circle above the star?" can fetch the two shapes' cells with different heads in one block and
+    compare them, where the mean over question tokens averages away which shape was named first.
 
     Args:
         dims: width of each modality's tokens.
@@ -33,6 +42,7 @@ class CrossModalFusion(Fusion):
         heads: attention heads.
         depth: blocks per target modality.
         dropout: dropout in the blocks.
+        pool: "mean" (masked mean over the tokens) or "query" (a learned ``[CLS]`` token per modality).
     """
 
     uses_tokens = True
@@ -46,6 +56,7 @@ class CrossModalFusion(Fusion):
         heads: int = 4,
         depth: int = 2,
         dropout: float = 0.0,
+        pool: str = "mean",
     ) -> None:
         super().__init__(dims, out_dim)
         if len(self.dims) < 2:
@@ -54,7 +65,10 @@ class CrossModalFusion(Fusion):
             raise ConfigError(f"CrossModalFusion model_dim={model_dim} must be divisible by heads={heads}")
         if depth <= 0:
             raise ConfigError(f"CrossModalFusion depth must be positive, got {depth}")
+        if pool not in POOLS:
+            raise ConfigError(f"CrossModalFusion pool must be one of {POOLS}, got {pool!r}")
         self.model_dim = model_dim
+        self.pool = pool
         self.inputs = nn.ModuleDict({m: nn.Linear(d, model_dim) for m, d in self.dims.items()})
         # A learned type embedding per modality, so a target can tell which source a key came from.
         self.type_embed = nn.ParameterDict({m: nn.Parameter(torch.randn(model_dim) * 0.02) for m in self.dims})
@@ -64,6 +78,8 @@ class CrossModalFusion(Fusion):
                 for m in self.dims
             }
         )
+        if pool == "query":  # only then, so models saved with mean pooling load unchanged
+            self.query = nn.ParameterDict({m: nn.Parameter(torch.randn(model_dim) * 0.02) for m in self.dims})
         self.norm = nn.LayerNorm(model_dim)
         self.out = nn.Linear(model_dim * len(self.dims), out_dim)
 
@@ -93,7 +109,12 @@ class CrossModalFusion(Fusion):
                 from polymodal.errors import ShapeError
 
                 raise ShapeError(f"CrossModalFusion: masks[{m!r}] must be bool {tuple(x.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}")
-            mask = mask | ~present[m][:, None]  # an absent modality: every (filled) token is valid
+            # An absent modality: its first (filled) token alone is valid. Every filled token is the same
+            # missing embedding, so for mean pooling and as memory this equals keeping them all, while a
+            # query token would otherwise weigh it by the batch's padded length.
+            first = torch.zeros_like(mask)
+            first[:, 0] = True
+            mask = torch.where(present[m][:, None], mask, first)  # (B, N)
             tokens[m] = self.inputs[m](self.fill_missing(x, present[m], m)) + self.type_embed[m]  # (B, N, d)
             valid[m] = mask
         pooled = []
@@ -101,8 +122,13 @@ class CrossModalFusion(Fusion):
             others = [o for o in self.modalities if o != m]
             memory = torch.cat([tokens[o] for o in others], dim=1)  # (B, sum N_o, d)
             memory_pad = ~torch.cat([valid[o] for o in others], dim=1)  # (B, sum N_o), True = padding
-            x = tokens[m]
+            x, keep = tokens[m], valid[m]
+            if self.pool == "query":  # the query token first; it is a target only, never another's memory
+                q = self.query[m].expand(x.shape[0], 1, -1)  # (B, 1, d)
+                x = torch.cat([q, x], dim=1)  # (B, 1 + N, d)
+                keep = torch.cat([torch.ones_like(keep[:, :1]), keep], dim=1)  # (B, 1 + N)
             for block in self.blocks[m]:  # type: ignore[attr-defined]
-                x = block(x, memory, key_padding_mask=~valid[m], memory_key_padding_mask=memory_pad)
-            pooled.append(masked_mean(self.norm(x), valid[m]))  # (B, d)
+                x = block(x, memory, key_padding_mask=~keep, memory_key_padding_mask=memory_pad)
+            x = self.norm(x)
+            pooled.append(x[:, 0] if self.pool == "query" else masked_mean(x, keep))  # (B, d)
         return self.out(torch.cat(pooled, dim=-1))

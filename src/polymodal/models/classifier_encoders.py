@@ -68,6 +68,11 @@ class ImageEncoderConfig:
             "rows_cols" (a row vector plus a column vector, the factorised 2-D embedding of ViT,
             Dosovitskiy et al. 2021, appendix D.4, summed instead of concatenated): every token of a
             column shares its column part, so "left of" is a comparison of one learned part.
+        position_std: standard deviation of the positions at initialisation. ViT's 0.02 leaves them at
+            about 1/15 of the norm of these CNN cell features, and the shapes VQA models never grew them:
+            every answer that needs *where* a shape is (the relation types) stayed at the level of a
+            model without positions (docs/fusion.md). Near the scale of the features (0.5 for the
+            shapes presets) the positions are a first-order part of every key and value from the start.
     """
 
     kind: str = "image_cnn"
@@ -77,6 +82,7 @@ class ImageEncoderConfig:
     widths: tuple[int, ...] = (16, 32)
     coords: bool = False
     positions: str = "cells"
+    position_std: float = 0.02
 
     def __post_init__(self) -> None:
         _positive("ImageEncoderConfig", dim=self.dim, channels=self.channels, image_size=self.image_size)
@@ -90,6 +96,9 @@ class ImageEncoderConfig:
             raise ConfigError(f"ImageEncoderConfig.image_size={self.image_size} must be divisible by 2**{len(self.widths)}")
         if self.positions not in IMAGE_POSITIONS:
             raise ConfigError(f"ImageEncoderConfig.positions must be one of {IMAGE_POSITIONS}, got {self.positions!r}")
+        if isinstance(self.position_std, bool) or not isinstance(self.position_std, (int, float)) or not self.position_std > 0:
+            raise ConfigError(f"ImageEncoderConfig.position_std must be a number > 0, got {self.position_std!r}")
+        object.__setattr__(self, "position_std", float(self.position_std))
 
     @property
     def token_grid(self) -> int:
@@ -221,10 +230,10 @@ class ImageEncoder(nn.Module):
         self.proj = nn.Conv2d(prev, config.dim, 1)
         side = config.token_grid
         if config.positions == "rows_cols":
-            self.pos_rows = nn.Parameter(torch.randn(side, config.dim) * 0.02)
-            self.pos_cols = nn.Parameter(torch.randn(side, config.dim) * 0.02)
+            self.pos_rows = nn.Parameter(torch.randn(side, config.dim) * config.position_std)
+            self.pos_cols = nn.Parameter(torch.randn(side, config.dim) * config.position_std)
         else:  # "cells": the parameter name of models saved before the option existed
-            self.pos = nn.Parameter(torch.randn(config.num_tokens, config.dim) * 0.02)
+            self.pos = nn.Parameter(torch.randn(config.num_tokens, config.dim) * config.position_std)
         # The pooled vector is a linear map of all cells, not their mean: a mean over the cells of a
         # shallow CNN keeps which strokes occur but not where, and MNIST digits differ by where.
         self.pool = nn.Linear(config.num_tokens * config.dim, config.dim)
