@@ -68,11 +68,11 @@ class ImageEncoderConfig:
             "rows_cols" (a row vector plus a column vector, the factorised 2-D embedding of ViT,
             Dosovitskiy et al. 2021, appendix D.4, summed instead of concatenated): every token of a
             column shares its column part, so "left of" is a comparison of one learned part.
-        position_std: standard deviation of the positions at initialisation. ViT's 0.02 leaves them at
-            about 1/15 of the norm of these CNN cell features, and the shapes VQA models never grew them:
-            every answer that needs *where* a shape is (the relation types) stayed at the level of a
-            model without positions (docs/fusion.md). Near the scale of the features (0.5 for the
-            shapes presets) the positions are a first-order part of every key and value from the start.
+        position_std: standard deviation of the positions at initialisation. ViT's 0.02 (the default,
+            and the presets') leaves them at about 1/15 of the norm of these CNN cell features, and the
+            shapes VQA models never grew them. Starting them near the features' scale (0.5) made them a
+            first-order part of every key and value, but did not make the relation questions learnable
+            and scored lower on the full VQA recipe (docs/fusion.md), so it stays an option.
     """
 
     kind: str = "image_cnn"

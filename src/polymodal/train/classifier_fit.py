@@ -61,9 +61,11 @@ class Recipe:
     vqa_sizes: dict[str, int] | None = None
 
 
+DEFAULT_RECIPE = Recipe(epochs=15, batch_size=64, lr=2e-3)  # avdigits' and any other data's
+
 # shapes-vqa: chosen on validation only, on one CPU thread (docs/fusion.md, "shapes VQA on the CPU")
 RECIPES: dict[str, Recipe] = {
-    "builtin:avdigits": Recipe(epochs=15, batch_size=64, lr=2e-3),
+    "builtin:avdigits": DEFAULT_RECIPE,
     "builtin:shapes-vqa": Recipe(epochs=5, batch_size=64, lr=1e-3, vqa_sizes={"train": 80000, "val": 1000}),
 }
 
@@ -363,7 +365,7 @@ def train_run(
         raise ConfigError(f"preset {preset!r} is not a classifier preset")
     overrides = {"modality_dropout": modality_dropout, "dropout_scheme": dropout_scheme, "aux_loss_weight": aux_loss_weight}
     config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
-    recipe = RECIPES.get(data, RECIPES["builtin:avdigits"])
+    recipe = RECIPES.get(data, DEFAULT_RECIPE)
     splits = load_data(data, splits=("train", "val"), vqa_sizes=recipe.vqa_sizes)
     result = fit_classifier(config, splits, epochs=recipe.epochs if epochs is None else epochs, batch_size=recipe.batch_size,
                             lr=recipe.lr, seed=seed, device=device, select=select, log=log)  # fmt: skip
@@ -373,13 +375,10 @@ def train_run(
 
 def load_classifier(path: str | Path) -> tuple[MultimodalClassifier, dict[str, Any]]:
     """A saved classifier and its ``config.json``."""
-    from polymodal.errors import CheckpointError
     from polymodal.models.io import load
     from polymodal.train.checkpoint import read_folder_config
 
-    cfg = read_folder_config(Path(path))
-    if cfg.get("kind") != "classifier":
-        raise CheckpointError(f"{path}: a {cfg.get('kind')!r} model, not a classifier")
+    cfg = read_folder_config(Path(path), what="classifier", kinds=("classifier",))  # before building any model
     return load(path), cfg
 
 
