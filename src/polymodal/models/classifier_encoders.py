@@ -17,10 +17,12 @@ import torch
 from torch import Tensor, nn
 
 from polymodal.errors import ConfigError, ShapeError
+from polymodal.nn.directional_context import DirectionalContext
 from polymodal.nn.transformer import TransformerEncoder
 from polymodal.towers.audio_cnn import AudioCNN
 
 __all__ = [
+    "IMAGE_CONTEXTS",
     "IMAGE_POSITIONS",
     "AudioEncoder",
     "AudioEncoderConfig",
@@ -50,6 +52,7 @@ class EncodedModality:
 
 
 IMAGE_POSITIONS: tuple[str, ...] = ("cells", "rows_cols")
+IMAGE_CONTEXTS: tuple[str, ...] = ("none", "directions")
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,9 @@ class ImageEncoderConfig:
             shapes VQA models never grew them. Starting them near the features' scale (0.5) made them a
             first-order part of every key and value, but did not make the relation questions learnable
             and scored lower on the full VQA recipe (docs/fusion.md), so it stays an option.
+        context: "none", or "directions": after the projection each cell also gets the gated sums of
+            the cells left of, right of, above and below it (:class:`polymodal.nn.DirectionalContext`),
+            so a cell's token says what lies in each direction from it.
     """
 
     kind: str = "image_cnn"
@@ -83,6 +89,7 @@ class ImageEncoderConfig:
     coords: bool = False
     positions: str = "cells"
     position_std: float = 0.02
+    context: str = "none"
 
     def __post_init__(self) -> None:
         _positive("ImageEncoderConfig", dim=self.dim, channels=self.channels, image_size=self.image_size)
@@ -99,6 +106,8 @@ class ImageEncoderConfig:
         if isinstance(self.position_std, bool) or not isinstance(self.position_std, (int, float)) or not self.position_std > 0:
             raise ConfigError(f"ImageEncoderConfig.position_std must be a number > 0, got {self.position_std!r}")
         object.__setattr__(self, "position_std", float(self.position_std))
+        if self.context not in IMAGE_CONTEXTS:
+            raise ConfigError(f"ImageEncoderConfig.context must be one of {IMAGE_CONTEXTS}, got {self.context!r}")
 
     @property
     def token_grid(self) -> int:
@@ -228,6 +237,8 @@ class ImageEncoder(nn.Module):
             nn.ModuleList(nn.Sequential(*st) for st in stages) if config.coords else nn.Sequential(*(m for st in stages for m in st))
         )
         self.proj = nn.Conv2d(prev, config.dim, 1)
+        if config.context == "directions":  # only then, so models saved without it load unchanged
+            self.context = DirectionalContext(config.dim)
         side = config.token_grid
         if config.positions == "rows_cols":
             self.pos_rows = nn.Parameter(torch.randn(side, config.dim) * config.position_std)
@@ -257,6 +268,8 @@ class ImageEncoder(nn.Module):
         else:
             x = self.blocks(x)
         x = self.proj(x)  # (B, D, h, w)
+        if c.context == "directions":
+            x = self.context(x)  # (B, D, h, w), each cell + what lies in each direction from it
         tokens = x.flatten(2).transpose(1, 2) + self.positions()  # (B, h*w, D), row-major cells
         pooled = self.pool(nn.functional.gelu(tokens).flatten(1))  # (B, h*w*D) -> (B, D)
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)

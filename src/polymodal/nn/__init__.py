@@ -8,6 +8,7 @@ from polymodal.nn.attention import (
     dot_product_attention,
     load_torch_mha_state,
 )
+from polymodal.nn.directional_context import DirectionalContext, directional_sums
 from polymodal.nn.mlp import Mlp, QuickGELU, activation_layer
 from polymodal.nn.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding, sinusoidal_table
 from polymodal.nn.sequence_classifier import (
@@ -36,6 +37,7 @@ __all__ = [
     "AttentionPooling",
     "DecoderCache",
     "DecoderLayerCache",
+    "DirectionalContext",
     "KVCache",
     "LearnedPositionalEmbedding",
     "Mlp",
@@ -50,6 +52,7 @@ __all__ = [
     "TransformerEncoder",
     "TransformerEncoderLayer",
     "activation_layer",
+    "directional_sums",
     "dot_product_attention",
     "load_torch_decoder",
     "load_torch_decoder_layer",
