@@ -152,10 +152,17 @@ def test_vendor_script_is_reproducible(tmp_path, capsys):
 
 def test_every_group_and_subgroup_has_designed_label_text() -> None:
     from polymodal.data.openmoji import OPENMOJI_GROUPS, openmoji_subgroups
-    from polymodal.data.openmoji_labels import GROUP_TEXT, SUBGROUP_TEXT, subclass_texts
+    from polymodal.data.openmoji_labels import GROUP_TEXT, SUBGROUP_MEMBERS, SUBGROUP_TEXT, subclass_texts
 
     assert set(GROUP_TEXT) == set(OPENMOJI_GROUPS)
     assert set(openmoji_subgroups()) <= set(SUBGROUP_TEXT)
-    for group in OPENMOJI_GROUPS:  # hierarchical zero-shot: a group's subclasses are its subgroups
-        assert subclass_texts("group", group) == [SUBGROUP_TEXT[s] for s in openmoji_subgroups(group)]
-    assert subclass_texts("subgroup", "heart") == [] and subclass_texts("group", "not-a-group") == []
+    assert set(openmoji_subgroups()) <= set(SUBGROUP_MEMBERS)
+    # six members each, so the sum of member probabilities favours no subgroup by its list's length
+    assert {len(m) for m in SUBGROUP_MEMBERS.values()} == {6}
+    assert all(len(set(m)) == 6 for m in SUBGROUP_MEMBERS.values())
+    for group in OPENMOJI_GROUPS:  # hierarchical zero-shot: a group's subclasses are its subgroups and their members
+        subgroups = openmoji_subgroups(group)
+        want = [SUBGROUP_TEXT[s] for s in subgroups] + [m for s in subgroups for m in SUBGROUP_MEMBERS[s]]
+        assert subclass_texts("group", group) == want
+    assert subclass_texts("subgroup", "heart") == list(SUBGROUP_MEMBERS["heart"])
+    assert subclass_texts("subgroup", "not-a-subgroup") == [] and subclass_texts("group", "not-a-group") == []
