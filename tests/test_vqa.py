@@ -37,6 +37,11 @@ def test_vqa_presets_put_one_image_token_on_each_scene_cell() -> None:
         # the token stride (image_size / token_grid pixels) is the cell side: a token sees one cell
         assert image.token_grid == grid
         assert image.num_tokens == grid * grid
+        # each cell token also says what lies left of, right of, above and below it (the relations)
+        assert image.context == "directions"
+    cross, image_only = load_preset("vqa-cross"), load_preset("vqa-image")
+    assert isinstance(cross, ClassifierConfig) and isinstance(image_only, ClassifierConfig)
+    assert cross.encoders["image"] == image_only.encoders["image"]  # the baseline sees the same encoder
 
 
 def test_token_grid_shapes_and_row_major_cells() -> None:
@@ -89,8 +94,11 @@ def test_positions_config_round_trip_and_errors() -> None:
 def test_recipe_is_what_fuse_train_uses(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     seen: dict[str, object] = {}
 
-    def fake_load(spec: str, *, splits: tuple[str, ...] = ("train", "val", "test"), vqa_sizes: dict | None = None) -> DataSplits:
+    def fake_load(
+        spec: str, *, splits: tuple[str, ...] = ("train", "val", "test"), vqa_sizes: dict | None = None, vqa_train_mix: dict | None = None
+    ) -> DataSplits:
         seen["vqa_sizes"] = vqa_sizes
+        seen["vqa_train_mix"] = vqa_train_mix
         return DataSplits(spec, {s: _vqa(s, 60) for s in splits}, ANSWERS)
 
     def fake_fit(config: ClassifierConfig, data: DataSplits, **kw: object) -> classifier_fit.FitResult:
@@ -103,6 +111,7 @@ def test_recipe_is_what_fuse_train_uses(monkeypatch: pytest.MonkeyPatch, tmp_pat
         classifier_fit.train_run("builtin:shapes-vqa", tmp_path / "m", fusion="cross_modal")
     recipe = classifier_fit.RECIPES["builtin:shapes-vqa"]
     assert seen["vqa_sizes"] == recipe.vqa_sizes
+    assert seen["vqa_train_mix"] == recipe.vqa_train_mix
     assert (seen["epochs"], seen["batch_size"], seen["lr"]) == (recipe.epochs, recipe.batch_size, recipe.lr)
     with pytest.raises(_Stop):
         classifier_fit.train_run("builtin:shapes-vqa", tmp_path / "m", fusion="cross_modal", epochs=3)
@@ -172,3 +181,32 @@ def test_position_std_sets_the_positions_against_the_cell_features() -> None:
         assert float((pos @ pos.T - torch.eye(9)).max()) < 0.9  # distinct cells, distinct positions
     assert image.position_std == 0.02 and ratios[0.02] < 0.15, ratios
     assert ratios[0.5] > 0.3, ratios
+
+
+def test_train_mix_changes_the_training_split_only() -> None:
+    from collections import Counter
+
+    from polymodal.data.shapes import QUESTION_TYPES
+
+    sizes = {"train": 1200, "val": 300, "test": 300}
+    plain = classifier_fit.load_data("builtin:shapes-vqa", vqa_sizes=sizes)
+    mixed = classifier_fit.load_data("builtin:shapes-vqa", vqa_sizes=sizes, vqa_train_mix={"relation": 3.0})
+    for split in ("val", "test"):  # evaluation keeps the uniform mix, record for record
+        assert [(r.text, r.label) for r in mixed.splits[split]] == [(r.text, r.label) for r in plain.splits[split]]
+    counts = Counter(r.extra["question_type"] for r in mixed.splits["train"])
+    share = counts["relation"] / sizes["train"]
+    assert abs(share - 3 / 8) < 0.05, counts  # weight 3 against 1 for each of the other five types
+    assert set(counts) == set(QUESTION_TYPES)
+    uniform = Counter(r.extra["question_type"] for r in plain.splits["train"])
+    assert abs(uniform["relation"] / sizes["train"] - 1 / 6) < 0.04, uniform
+    with pytest.raises(ConfigError, match="unknown question types \\['relations'\\]"):
+        classifier_fit.load_data("builtin:shapes-vqa", splits=("val",), vqa_train_mix={"relations": 2.0})
+
+
+def test_question_weights_are_checked() -> None:
+    assert ShapesConfig(question_weights=(1, 1, 1, 1, 3, 1)).question_weights == (1.0, 1.0, 1.0, 1.0, 3.0, 1.0)
+    for bad in ((1, 1, 1), (0, 0, 0, 0, 0, 0), (1, 1, 1, 1, -1, 1), (1, 1, 1, 1, float("nan"), 1), (True,) * 6):
+        with pytest.raises(ConfigError, match="question_weights"):
+            ShapesConfig(question_weights=bad)  # type: ignore[arg-type]
+    only_counts = load_shapes("train", n=40, kind="vqa", config=ShapesConfig(question_weights=(0, 0, 1, 0, 0, 0)))
+    assert {r.extra["question_type"] for r in only_counts} == {"count"}

@@ -3,7 +3,8 @@
 Tokens are ``(B, N, D)``; vector fusions mean-pool them, the cross-modal fusion attends over them.
 
 - image: a few conv blocks; the last feature map's cells are the tokens (with learned positions, so
-  "left of" can be read off; optionally with coordinate channels, CoordConv);
+  "left of" can be read off; optionally with coordinate channels, CoordConv, and with the directional
+  context of each cell, what lies left of, right of, above and below it);
 - audio: :class:`polymodal.towers.AudioCNN` over log-mels, one token per clip;
 - text: word embeddings with learned positions and a small transformer encoder.
 """
