@@ -93,7 +93,7 @@ def vqa(out: Path, device: str, epochs: int | None, train_size: int | None, name
     sizes = {**(recipe.vqa_sizes or {}), **({"train": train_size} if train_size else {})}
     epochs = epochs or recipe.epochs
     t0 = time.perf_counter()
-    data = load_data("builtin:shapes-vqa", vqa_sizes=sizes)
+    data = load_data("builtin:shapes-vqa", vqa_sizes=sizes, vqa_train_mix=recipe.vqa_train_mix)
     log(f"shapes-vqa {({s: len(v) for s, v in data.splits.items()})} generated in {time.perf_counter() - t0:.0f} s")
     head = " | ".join(QUESTION_TYPES)
     lines = [f"| model | split | accuracy | {head} | best epoch | train s |", "|---|---|---|" + "---|" * len(QUESTION_TYPES) + "---|---|"]

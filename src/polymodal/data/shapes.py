@@ -109,6 +109,8 @@ class ShapesConfig:
         clip_fps: frame rate of a clip; its sound lasts ``clip_frames / clip_fps`` seconds.
         supersample: draw at this factor and downsample (box filter) for anti-aliased edges.
         background: RGB background colour.
+        question_weights: relative frequency of each of :data:`QUESTION_TYPES` (in that order) in VQA
+            records; ``None`` draws them uniformly (the same records as before the option existed).
     """
 
     image_size: int = 64
@@ -121,6 +123,7 @@ class ShapesConfig:
     clip_fps: float = 8.0
     supersample: int = 2
     background: tuple[int, int, int] = (24, 24, 24)
+    question_weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -156,6 +159,17 @@ class ShapesConfig:
             raise ConfigError(
                 f"ShapesConfig.background must be three ints in 0..255, got {self.background!r}"
             )
+        if self.question_weights is not None:
+            w = tuple(self.question_weights)
+            ok = len(w) == len(QUESTION_TYPES) and all(
+                isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x >= 0 for x in w
+            )
+            if not ok or sum(w) <= 0:
+                raise ConfigError(
+                    f"ShapesConfig.question_weights must be {len(QUESTION_TYPES)} numbers >= 0, not all 0, "
+                    f"one per question type {QUESTION_TYPES}; got {self.question_weights!r}"
+                )
+            object.__setattr__(self, "question_weights", tuple(float(x) for x in w))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -553,8 +567,12 @@ def _scene_record(rng: np.random.Generator, config: ShapesConfig, *, key: str, s
 
 
 def _vqa_record(rng: np.random.Generator, config: ShapesConfig, *, key: str, source: str) -> Record:
-    # Type first, then a scene that supports it, so every type is equally common whatever the scene.
-    qtype = QUESTION_TYPES[int(rng.integers(len(QUESTION_TYPES)))]
+    # Type first, then a scene that supports it, so the mix of types is what was asked for whatever the scene.
+    if config.question_weights is None:  # uniform: the draw every saved split was made with
+        qtype = QUESTION_TYPES[int(rng.integers(len(QUESTION_TYPES)))]
+    else:
+        p = np.asarray(config.question_weights) / sum(config.question_weights)
+        qtype = QUESTION_TYPES[int(rng.choice(len(QUESTION_TYPES), p=p))]
     lowest = max(2, config.min_shapes) if qtype.startswith("relation") else config.min_shapes
     if lowest > config.max_shapes:  # a config with one shape per scene cannot ask about relations
         qtype, lowest = "colour", config.min_shapes

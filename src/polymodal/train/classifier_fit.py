@@ -53,12 +53,15 @@ class Recipe:
         batch_size: examples per step.
         lr: peak AdamW learning rate (one-cycle: 10 % linear warmup, then cosine to 0).
         vqa_sizes: records per split for shapes-vqa (``None``: :func:`load_data`'s default).
+        vqa_train_mix: relative frequency of question types in the shapes-vqa training split (types not
+            named: 1); validation and test keep the uniform mix.
     """
 
     epochs: int
     batch_size: int
     lr: float
     vqa_sizes: dict[str, int] | None = None
+    vqa_train_mix: dict[str, float] | None = None
 
 
 DEFAULT_RECIPE = Recipe(epochs=15, batch_size=64, lr=2e-3)  # avdigits' and any other data's
@@ -66,7 +69,9 @@ DEFAULT_RECIPE = Recipe(epochs=15, batch_size=64, lr=2e-3)  # avdigits' and any 
 # shapes-vqa: chosen on validation only, on one CPU thread (docs/fusion.md, "shapes VQA on the CPU")
 RECIPES: dict[str, Recipe] = {
     "builtin:avdigits": DEFAULT_RECIPE,
-    "builtin:shapes-vqa": Recipe(epochs=5, batch_size=64, lr=1e-3, vqa_sizes={"train": 80000, "val": 1000}),
+    "builtin:shapes-vqa": Recipe(
+        epochs=10, batch_size=64, lr=1e-3, vqa_sizes={"train": 80000, "val": 1000}, vqa_train_mix={"relation": 3.0}
+    ),
 }
 
 
@@ -79,7 +84,13 @@ class DataSplits:
     label_names: tuple[str, ...]
 
 
-def load_data(spec: str, *, splits: Sequence[str] = ("train", "val", "test"), vqa_sizes: dict[str, int] | None = None) -> DataSplits:
+def load_data(
+    spec: str,
+    *,
+    splits: Sequence[str] = ("train", "val", "test"),
+    vqa_sizes: dict[str, int] | None = None,
+    vqa_train_mix: dict[str, float] | None = None,
+) -> DataSplits:
     """Load a built-in data source.
 
     Args:
@@ -87,16 +98,25 @@ def load_data(spec: str, *, splits: Sequence[str] = ("train", "val", "test"), vq
             -> answer word).
         splits: which splits to load.
         vqa_sizes: records per split for shapes-vqa (default train 12000, val 1000, test 2000).
+        vqa_train_mix: relative frequency of each question type in the shapes-vqa training split (types
+            not named: 1; ``None``: uniform); validation and test are always uniform.
     """
     if spec == "builtin:avdigits":
         from polymodal.data.avdigits import load_avdigits
 
         return DataSplits(spec, {s: load_avdigits(s) for s in splits}, tuple(str(d) for d in range(10)))
     if spec == "builtin:shapes-vqa":
-        from polymodal.data.shapes import ANSWERS, load_shapes
+        from polymodal.data.shapes import ANSWERS, QUESTION_TYPES, ShapesConfig, load_shapes
 
         sizes = {"train": 12000, "val": 1000, "test": 2000, **(vqa_sizes or {})}
-        return DataSplits(spec, {s: load_shapes(s, n=sizes[s], kind="vqa") for s in splits}, ANSWERS)
+        unknown = sorted(set(vqa_train_mix or {}) - set(QUESTION_TYPES))
+        if unknown:
+            raise ConfigError(f"vqa_train_mix: unknown question types {unknown}; known: {', '.join(QUESTION_TYPES)}")
+        train_config = None
+        if vqa_train_mix:
+            train_config = ShapesConfig(question_weights=tuple(float(vqa_train_mix.get(q, 1.0)) for q in QUESTION_TYPES))
+        records = {s: load_shapes(s, n=sizes[s], kind="vqa", config=train_config if s == "train" else None) for s in splits}
+        return DataSplits(spec, records, ANSWERS)
     raise ConfigError(f"unknown data {spec!r}; known: {', '.join(BUILTIN_DATA)}")
 
 
@@ -366,7 +386,7 @@ def train_run(
     overrides = {"modality_dropout": modality_dropout, "dropout_scheme": dropout_scheme, "aux_loss_weight": aux_loss_weight}
     config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
     recipe = RECIPES.get(data, DEFAULT_RECIPE)
-    splits = load_data(data, splits=("train", "val"), vqa_sizes=recipe.vqa_sizes)
+    splits = load_data(data, splits=("train", "val"), vqa_sizes=recipe.vqa_sizes, vqa_train_mix=recipe.vqa_train_mix)
     result = fit_classifier(config, splits, epochs=recipe.epochs if epochs is None else epochs, batch_size=recipe.batch_size,
                             lr=recipe.lr, seed=seed, device=device, select=select, log=log)  # fmt: skip
     save_classifier(result, out, data=data, extra={"preset": preset or default_preset(data, fusion), "seed": seed})
