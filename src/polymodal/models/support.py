@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from polymodal.errors import CheckpointError, ConfigError, ShapeError
-from polymodal.train.checkpoint import load_weights, save_weights
+from polymodal.train.checkpoint import load_weights_and_metadata, save_weights
 
 SUPPORT_FILE = "support.safetensors"
 
@@ -111,15 +111,11 @@ class SupportSet:
     @classmethod
     def load(cls, path: str | Path) -> SupportSet:
         """Read a file written by :meth:`save` (safetensors: no code runs on load)."""
-        from safetensors import safe_open
-
         path = Path(path)
-        tensors = load_weights(path)
+        tensors, meta = load_weights_and_metadata(path)
         missing = {"image_emb", "text_emb"} - set(tensors)
         if missing:
             raise CheckpointError(f"{path}: not a support set (missing {', '.join(sorted(missing))})")
-        with safe_open(str(path), framework="pt") as f:
-            meta: dict[str, Any] = f.metadata() or {}
         try:
             config = SupportConfig(**json.loads(meta.get("config", "{}")))
         except (TypeError, ValueError) as e:

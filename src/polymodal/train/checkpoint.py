@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from polymodal.errors import CheckpointError
@@ -43,10 +44,16 @@ def save_weights(path: Path, state: dict[str, Tensor], metadata: dict[str, str] 
 
 
 def load_weights(path: Path) -> dict[str, Tensor]:
+    return load_weights_and_metadata(path)[0]
+
+
+def load_weights_and_metadata(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The tensors of a safetensors file and its string metadata (empty if none), in one read."""
     if not path.is_file():
         raise CheckpointError(f"{path.parent}: missing {path.name}")
     try:
-        return load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except Exception as e:  # safetensors raises its own error types for truncated or foreign files
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
