@@ -160,6 +160,35 @@ def test_training_lowers_the_loss_and_resume_is_exact(tmp_path, emoji):
         torch.testing.assert_close(model_c.trainable_state_dict()[k], v)
 
 
+def test_a_fixed_epoch_run_follows_the_same_schedule_and_keeps_its_last_epoch(tmp_path, emoji):
+    _, tr_a = _tiny_train(tmp_path, emoji, epochs=3)
+    losses = [h["train_loss"] for h in tr_a.fit().history]
+    model_b, tr_b = _tiny_train(tmp_path, emoji, epochs=3)
+    fit_b = tr_b.fit(tmp_path / "ckpt", fixed_epochs=2)
+    assert [h["epoch"] for h in fit_b.history] == [1, 2] and fit_b.best_epoch == 2 and not fit_b.stopped_early
+    np.testing.assert_allclose([h["train_loss"] for h in fit_b.history], losses[:2], rtol=1e-5)
+    from polymodal.train.checkpoint import load_weights
+
+    last = load_weights(tmp_path / "ckpt" / "model.safetensors")  # written at the end of epoch 2
+    for k, v in model_b.trainable_state_dict().items():
+        torch.testing.assert_close(v, last[k])
+    with pytest.raises(ConfigError, match="fixed_epochs"):
+        tr_b.fit(fixed_epochs=4)
+
+
+def test_concat_pairs_keeps_order_and_shared_labels():
+    from polymodal.data.pairs import concat_pairs
+
+    a, b = load_pairs("builtin:openmoji", "val"), load_pairs("builtin:openmoji", "test")
+    both = concat_pairs(a, b)
+    assert len(both) == len(a) + len(b) and both.keys == a.keys + b.keys and both.texts == a.texts + b.texts
+    assert both.labels["group"] == a.labels["group"] + b.labels["group"]
+    b.labels.pop("subgroup")
+    assert set(concat_pairs(a, b).labels) == {"group"}
+    with pytest.raises(ConfigError):
+        concat_pairs()
+
+
 def test_save_and_load_round_trip(tmp_path, model, emoji):
     save_model(model, tmp_path / "m")
     loaded = polymodal.load(tmp_path / "m")
@@ -202,6 +231,21 @@ def test_bad_rows_are_skipped_counted_and_named(tmp_path, emoji, capsys):
     assert "corrupt.png" in report and "bomb.png" in report
     out = capsys.readouterr().out
     assert "skipped 4 bad record(s)" in out
+
+
+def test_the_saved_model_is_the_refit_on_train_and_val(tmp_path, emoji):
+    manifest = _manifest(tmp_path / "data", emoji, bad=False)
+    assert _cli_train(manifest, tmp_path / "refit") == 0  # --refit is the default
+    assert _cli_train(manifest, tmp_path / "plain", "--no-refit") == 0
+    refit = json.loads((tmp_path / "refit" / "metrics.json").read_text())
+    sizes = refit["split_sizes"]
+    assert refit["refit"] == {"epochs": refit["best_epoch"], "train_pairs": sizes["train"] + sizes["val"]}
+    assert json.loads((tmp_path / "plain" / "metrics.json").read_text())["refit"] is None
+    assert "refit on the train and val pairs" in (tmp_path / "refit" / "report.md").read_text()
+    a, b = polymodal.load(tmp_path / "refit"), polymodal.load(tmp_path / "plain")
+    assert len(a.support.image_emb) == sizes["train"] + sizes["val"] and len(b.support.image_emb) == sizes["train"]
+    imgs = [r.image for r in emoji[:2]]
+    assert not torch.allclose(a.encode_image(imgs), b.encode_image(imgs))
 
 
 def test_strict_turns_a_bad_row_into_an_error(tmp_path, emoji, capsys):

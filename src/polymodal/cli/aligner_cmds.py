@@ -56,12 +56,14 @@ def _run(data, out, model_cfg, train_cfg, *, resume, strict, cache, as_json) -> 
               help="micro-batches per process per step (less memory; the contrastive batch stays exact)")
 @click.option("--local-loss/--full-loss", default=True, show_default=True,
               help="under torchrun: each process builds only its own logit rows (memory / world size)")
+@click.option("--refit/--no-refit", default=DEMO_TRAIN.refit, show_default=True,
+              help="after early stopping, retrain on train+val for the best epoch count and keep that model")
 @click.option("--resume", is_flag=True, help="continue from OUT/checkpoint (any number of processes)")
 @click.option("--strict", is_flag=True, help="stop at the first bad record instead of skipping it")
 @click.option("--no-cache", is_flag=True, help="do not read or write the feature cache")
 @click.option("--json", "as_json", is_flag=True, help="print metrics.json instead of a table")
 def train(data, out, preset, unlock, unlock_text, epochs, batch_size, lr, views, image_size, seed, accum_steps, local_loss,
-          resume, strict, no_cache, as_json):
+          refit, resume, strict, no_cache, as_json):
     """Train an aligner (CLIP-style dual encoder on the pretrained towers) or a preset model.
 
     Runs as is on one process, or under torchrun on several (--batch-size is then the global batch):
@@ -76,7 +78,7 @@ def train(data, out, preset, unlock, unlock_text, epochs, batch_size, lr, views,
     else:
         model_cfg = replace(DEMO_MODEL, unlock_image=unlock, unlock_text=unlock_text, image_size=image_size)
     train_cfg = replace(DEMO_TRAIN, epochs=epochs, batch_size=batch_size, lr=lr, image_views=views, seed=seed,
-                        accum_steps=accum_steps, local_loss=local_loss)
+                        accum_steps=accum_steps, local_loss=local_loss, refit=refit)
     _run(data, out, model_cfg, train_cfg, resume=resume, strict=strict, cache=not no_cache, as_json=as_json)
 
 

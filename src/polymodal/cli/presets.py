@@ -10,7 +10,10 @@ under the demo's budget of about 5 minutes on 2 CPU cores for a first run with a
 - 224 px: 288 px was no better (0.346 mean of three seeds) and costs 1.65x the tower time;
 - the text tower stays locked: its sentence space carries the label-text semantics zero-shot needs;
 - validation R@1 peaks after ~14-26 epochs while the training loss keeps falling (overfitting), hence
-  early stopping with patience 8 within 30 epochs.
+  early stopping with patience 8 within 30 epochs;
+- then a refit on train+val for the chosen epoch count: the same procedure run inside the training split
+  (245 of its pairs held out to choose the epoch, three seeds) raised validation R@1 i→t 0.325 → 0.356 and
+  zero-shot groups 0.543 → 0.568, subgroups unchanged (0.373 → 0.372).
 The support set (``polymodal.models.support``) keeps its defaults, also chosen on validation.
 """
 
@@ -18,4 +21,5 @@ from polymodal.models.aligner import AlignerConfig
 from polymodal.train.fit import TrainConfig
 
 DEMO_MODEL = AlignerConfig(unlock_image=0, unlock_text=0, image_size=224, head_dropout=0.1)
-DEMO_TRAIN = TrainConfig(epochs=30, batch_size=256, lr=1e-3, tower_lr=2e-4, image_views=0, patience=8)
+DEMO_TRAIN = TrainConfig(epochs=30, batch_size=256, lr=1e-3, tower_lr=2e-4, image_views=0, patience=8,
+                        refit=True)

@@ -40,6 +40,21 @@ class PairSet:
         return [c[0] for c in self.captions]
 
 
+def concat_pairs(*sets: PairSet, name: str | None = None) -> PairSet:
+    """One pair set of several, in order (e.g. train and val for a refit); label kinds all sets share are kept."""
+    if not sets:
+        raise ConfigError("concat_pairs: no pair sets given")
+    kinds = [k for k in sets[0].labels if all(k in s.labels for s in sets)]
+    return PairSet(
+        name=name or "+".join(s.name for s in sets),
+        images=[im for s in sets for im in s.images],
+        captions=[c for s in sets for c in s.captions],
+        keys=[k for s in sets for k in s.keys],
+        labels={k: [v for s in sets for v in s.labels[k]] for k in kinds},
+        bad=[b for s in sets for b in s.bad],
+    )
+
+
 def _openmoji(split: str | None) -> PairSet:
     from polymodal.data.openmoji import OPENMOJI_GROUPS, load_openmoji, openmoji_subgroups
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from polymodal import distributed
-from polymodal.data.pairs import PairSet, load_pairs
+from polymodal.data.pairs import PairSet, concat_pairs, load_pairs
 from polymodal.data.record import BadRecord
 from polymodal.eval.aligner_eval import AlignerEvaluation, evaluate_aligner
 from polymodal.models.aligner import AlignerConfig
@@ -36,6 +36,7 @@ class RunResult:
     fit: FitResult
     bad: list[BadRecord]
     seconds: float
+    refit: FitResult | None = None  # the train+val refit, when TrainConfig.refit is on
 
 
 def _dedupe(bad: list[BadRecord]) -> list[BadRecord]:
@@ -85,10 +86,15 @@ def train_aligner(
         model.fit_tokenizer([c for caps in splits["train"].captions for c in caps])
     trainer = DualEncoderTrainer(model, splits["train"], splits["val"], train_config, cache=cache, progress=progress)
     fit = trainer.fit(out / "checkpoint", resume=resume)
+    fitted_on, refit = splits["train"], None
+    if train_config.refit:
+        fitted_on = concat_pairs(splits["train"], splits["val"])
+        model, refit = _refit(model_config, train_config, fitted_on, splits["val"], fit.best_epoch,
+                              out / "refit-checkpoint", cache=cache, resume=resume, progress=progress)
     if not main_process:
-        return RunResult(out, {}, {}, fit, bad, time.perf_counter() - t0)
+        return RunResult(out, {}, {}, fit, bad, time.perf_counter() - t0, refit)
     if hasattr(model, "support"):  # the training pairs' embeddings, saved with the model (models/support.py)
-        model.support = build_support_set(model, splits["train"], cache=cache, seed=train_config.seed)
+        model.support = build_support_set(model, fitted_on, cache=cache, seed=train_config.seed)
     save_model(model, out, extra={"data": data, "train": asdict(train_config)})
 
     seed_everything(train_config.seed)
@@ -97,12 +103,29 @@ def train_aligner(
         untrained.set_tokenizer(model.tokenizer)  # the untrained baseline reads text the same way
     ev = evaluate_aligner(model, splits["test"], cache=cache, train=splits["train"], val=splits["val"],
                           untrained=untrained, support=getattr(model, "support", None), progress=progress)
-    result = RunResult(out, ev.metrics, ev.baselines, fit, bad, time.perf_counter() - t0)
+    result = RunResult(out, ev.metrics, ev.baselines, fit, bad, time.perf_counter() - t0, refit)
     atomic_write_json(out / "metrics.json", _metrics_json(result, data, splits))
     atomic_write_json(out / "history.json", fit.history)
     if report:
         write_run_report(out, result, ev, splits["test"], model)
     return result
+
+
+def _refit(model_config: Any, train_config: TrainConfig, pairs: PairSet, val: PairSet, epochs: int, checkpoint: Path,
+           *, cache: FeatureCache, resume: bool, progress: bool) -> tuple[DualEncoder, FitResult]:
+    """A fresh model trained on train+val for the selection run's best epoch count, along the same schedule.
+
+    Model selection is done once validation has chosen the epoch; refitting on the held-out pairs too is
+    the usual last step (as the linear probe does with its C). On OpenMoji, validating the same procedure
+    inside the training split (docs/aligner.md) gave image→text R@1 +3 points and zero-shot groups
+    +2.5 points over the selection run alone. The validation figures this run logs are not held out.
+    """
+    seed_everything(train_config.seed)
+    model = build_model(model_config)
+    if hasattr(model, "fit_tokenizer"):
+        model.fit_tokenizer([c for caps in pairs.captions for c in caps])
+    trainer = DualEncoderTrainer(model, pairs, val, train_config, cache=cache, progress=progress)
+    return model, trainer.fit(checkpoint, resume=resume, fixed_epochs=epochs)
 
 
 def _metrics_json(r: RunResult, data: str, splits: dict[str, PairSet]) -> dict[str, Any]:
@@ -115,6 +138,8 @@ def _metrics_json(r: RunResult, data: str, splits: dict[str, PairSet]) -> dict[s
         "best_val_r1_i2t": r.fit.best_val_r1,
         "epochs_run": len(r.fit.history),
         "stopped_early": r.fit.stopped_early,
+        # The model saved is the refit on train+val for best_epoch epochs (None: the selection run's best).
+        "refit": None if r.refit is None else {"epochs": r.fit.best_epoch, "train_pairs": len(splits["train"]) + len(splits["val"])},
         "bad_records": {"count": len(r.bad), "items": [b.to_dict() for b in r.bad]},
         "seconds": r.seconds,
     }
@@ -161,6 +186,8 @@ def write_run_report(out: Path, r: RunResult, ev: AlignerEvaluation, test: PairS
     notes = [
         f"Data: {test.name.split(':')[0]}; test split of {len(test)} pairs, evaluated once after early stopping on validation R@1.",
         f"Best epoch {r.fit.best_epoch} of {len(r.fit.history)} run; {r.seconds:.0f} s in all.",
+        *([f"The model is a refit on the train and val pairs for those {r.fit.best_epoch} epochs; the training "
+           "curves are the selection run's."] if r.refit is not None else []),
         "Zero-shot labels were never training targets: captions come from each item's own annotation and tags.",
     ]
     return write_report(out, title="polymodal aligner run", metrics=r.metrics, baselines=r.baselines,

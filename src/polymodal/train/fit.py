@@ -56,6 +56,9 @@ class TrainConfig:
     # processes; each process encodes batch_size / world_size rows, in accum_steps micro-batches.
     accum_steps: int = 1  # micro-batches per process per step; the contrastive batch stays exact
     local_loss: bool = True  # under torchrun, each process builds only its own (B/W, B) logit rows
+    # After early stopping, train a fresh model on train+val for the best epoch count along the same
+    # schedule, and keep that one (train_aligner; the refit after model selection, as the linear probe does).
+    refit: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
@@ -213,7 +216,15 @@ class DualEncoderTrainer:
         torch.set_rng_state(st["torch_rng"])
 
     # ------------------------------------------------------------ the loop
-    def fit(self, checkpoint_dir: Path | None = None, *, resume: bool = False) -> FitResult:
+    def fit(self, checkpoint_dir: Path | None = None, *, resume: bool = False,
+            fixed_epochs: int | None = None) -> FitResult:
+        """Train to the end (or early stop on validation R@1) and load the best epoch's weights.
+
+        With ``fixed_epochs`` it runs exactly that many epochs of the configured schedule instead, without
+        early stopping, and keeps the last (a refit whose epoch count was chosen by an earlier run).
+        """
+        if fixed_epochs is not None and not 1 <= fixed_epochs <= self.config.epochs:
+            raise ConfigError(f"fixed_epochs must be in [1, {self.config.epochs}], got {fixed_epochs}")
         if resume and checkpoint_dir is not None:
             self.restore(checkpoint_dir)
         # Under torchrun every process starts from rank 0's weights, as DistributedDataParallel does.
@@ -226,17 +237,19 @@ class DualEncoderTrainer:
         if self.heads_only:
             torch.set_num_threads(1)
         try:
-            stopped = self._run_epochs(checkpoint_dir)
+            stopped = self._run_epochs(checkpoint_dir, fixed_epochs)
         finally:
             torch.set_num_threads(previous_threads)
         load_trainable(self.model, self.best_state, source=None)
         return FitResult(self.history, self.best_epoch, self.best_val_r1, stopped, time.perf_counter() - t0)
 
-    def _run_epochs(self, checkpoint_dir: Path | None) -> bool:
+    def _run_epochs(self, checkpoint_dir: Path | None, fixed_epochs: int | None = None) -> bool:
         """Epochs until the last or until early stopping; returns whether it stopped early."""
         cfg = self.config
-        while self.epoch < cfg.epochs:
-            if self.epoch - self.best_epoch >= cfg.patience and self.best_val_r1 >= 0:
+        fixed = fixed_epochs is not None
+        last = cfg.epochs if fixed_epochs is None else fixed_epochs
+        while self.epoch < last:
+            if not fixed and self.epoch - self.best_epoch >= cfg.patience and self.best_val_r1 >= 0:
                 return True
             t = time.perf_counter()
             loss = self._epoch()
@@ -246,7 +259,7 @@ class DualEncoderTrainer:
                    "lr": self.scheduler.get_last_lr()[0], "logit_scale": self.model.logit_scale.detach().exp().item(),
                    "seconds": time.perf_counter() - t}
             self.history.append(row)
-            if r1_i2t > self.best_val_r1:
+            if fixed or r1_i2t > self.best_val_r1:  # a fixed run keeps its last epoch
                 self.best_val_r1, self.best_epoch = r1_i2t, self.epoch
                 self.best_state = self.model.trainable_state_dict()
             if self.progress:
