@@ -235,17 +235,21 @@ def test_bad_rows_are_skipped_counted_and_named(tmp_path, emoji, capsys):
 
 def test_the_saved_model_is_the_refit_on_train_and_val(tmp_path, emoji):
     manifest = _manifest(tmp_path / "data", emoji, bad=False)
+    imgs = [r.image for r in emoji[:2]]
     assert _cli_train(manifest, tmp_path / "refit") == 0  # --refit is the default
-    assert _cli_train(manifest, tmp_path / "plain", "--no-refit") == 0
+    assert _cli_train(manifest, tmp_path / "run", "--no-refit") == 0
     refit = json.loads((tmp_path / "refit" / "metrics.json").read_text())
     sizes = refit["split_sizes"]
     assert refit["refit"] == {"epochs": refit["best_epoch"], "train_pairs": sizes["train"] + sizes["val"]}
-    assert json.loads((tmp_path / "plain" / "metrics.json").read_text())["refit"] is None
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["refit"] is None
     assert "refit on the train and val pairs" in (tmp_path / "refit" / "report.md").read_text()
-    a, b = polymodal.load(tmp_path / "refit"), polymodal.load(tmp_path / "plain")
+    a, b = polymodal.load(tmp_path / "refit"), polymodal.load(tmp_path / "run")
     assert len(a.support.image_emb) == sizes["train"] + sizes["val"] and len(b.support.image_emb) == sizes["train"]
-    imgs = [r.image for r in emoji[:2]]
     assert not torch.allclose(a.encode_image(imgs), b.encode_image(imgs))
+
+    # A run that stopped before its refit (here: one run without it) resumes into the same refit model.
+    assert _cli_train(manifest, tmp_path / "run", "--resume") == 0
+    torch.testing.assert_close(polymodal.load(tmp_path / "run").encode_image(imgs), a.encode_image(imgs))
 
 
 def test_strict_turns_a_bad_row_into_an_error(tmp_path, emoji, capsys):

@@ -23,7 +23,7 @@ from polymodal.models.build import build_model
 from polymodal.models.io import save_model
 from polymodal.models.protocol import DualEncoder
 from polymodal.models.support import build_support_set
-from polymodal.train.checkpoint import atomic_write_json
+from polymodal.train.checkpoint import atomic_write_json, find_checkpoint_dir
 from polymodal.train.feature_cache import FeatureCache, default_cache_dir
 from polymodal.train.fit import DualEncoderTrainer, FitResult, TrainConfig, seed_everything
 
@@ -125,6 +125,8 @@ def _refit(model_config: Any, train_config: TrainConfig, pairs: PairSet, val: Pa
     if hasattr(model, "fit_tokenizer"):
         model.fit_tokenizer([c for caps in pairs.captions for c in caps])
     trainer = DualEncoderTrainer(model, pairs, val, train_config, cache=cache, progress=progress)
+    # A run that stopped before its refit began resumes into a fresh refit.
+    resume = resume and find_checkpoint_dir(checkpoint) is not None
     return model, trainer.fit(checkpoint, resume=resume, fixed_epochs=epochs)
 
 
