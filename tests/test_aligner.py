@@ -233,7 +233,7 @@ def test_bad_rows_are_skipped_counted_and_named(tmp_path, emoji, capsys):
     assert "skipped 4 bad record(s)" in out
 
 
-def test_the_saved_model_is_the_refit_on_train_and_val(tmp_path, emoji):
+def test_the_saved_model_is_the_refit_on_train_and_val(tmp_path, emoji, capsys):
     manifest = _manifest(tmp_path / "data", emoji, bad=False)
     imgs = [r.image for r in emoji[:2]]
     assert _cli_train(manifest, tmp_path / "refit") == 0  # --refit is the default
@@ -246,6 +246,9 @@ def test_the_saved_model_is_the_refit_on_train_and_val(tmp_path, emoji):
     a, b = polymodal.load(tmp_path / "refit"), polymodal.load(tmp_path / "run")
     assert len(a.support.image_emb) == sizes["train"] + sizes["val"] and len(b.support.image_emb) == sizes["train"]
     assert not torch.allclose(a.encode_image(imgs), b.encode_image(imgs))
+    capsys.readouterr()
+    assert main(["eval", "--model", str(tmp_path / "refit"), "--data", str(manifest), "--split", "val", "--json"]) == 0
+    assert "not held out" in capsys.readouterr().err
 
     # A run that stopped before its refit (here: one run without it) resumes into the same refit model.
     assert _cli_train(manifest, tmp_path / "run", "--resume") == 0

@@ -104,6 +104,10 @@ def eval_cmd(model_dir, data, split, as_json):
     from polymodal.train.feature_cache import FeatureCache, default_cache_dir
 
     model = load(model_dir)
+    trained = json.loads((Path(model_dir) / "config.json").read_text()).get("train", {})
+    if split != "test" and trained.get("refit"):
+        click.echo(f"note: {model_dir} was refit on the train and val splits; its {split} figures are not held out",
+                   err=True)
     cache = FeatureCache(default_cache_dir())
     test = load_pairs(data, split)
     train_ps = load_pairs(data, "train") if split == "test" else None
