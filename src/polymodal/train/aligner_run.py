@@ -2,7 +2,7 @@
 
 The run folder is itself a model folder (``config.json`` + ``model.safetensors``), so ``--model`` and
 ``polymodal.load`` accept it; beside them it holds ``metrics.json``, ``history.json``, ``report.md``/``.html``
-with figures, and ``checkpoint/`` for ``--resume``.
+with figures, and ``checkpoint/`` (and ``refit-checkpoint/`` for the refit on train + val) for ``--resume``.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def train_aligner(
     report: bool = True,
     progress: bool = True,
 ) -> RunResult:
-    """Train any dual encoder (an aligner by default) on ``data``'s train split, stop early on val, evaluate once on test, write the run folder."""
+    """Train any dual encoder (an aligner by default) on ``data``'s train split, stop early on val, refit on
+    train+val for the chosen epoch count if ``train_config.refit``, evaluate once on test, write the run folder."""
     t0 = time.perf_counter()
     # Under torchrun every process trains; only rank 0 shows progress and writes the run folder.
     main_process = distributed.rank() == 0
