@@ -101,10 +101,11 @@ def eval_cmd(model_dir, data, split, as_json):
     from polymodal.data.pairs import load_pairs
     from polymodal.eval.aligner_eval import evaluate_aligner
     from polymodal.models.io import load
+    from polymodal.train.checkpoint import read_folder_config
     from polymodal.train.feature_cache import FeatureCache, default_cache_dir
 
     model = load(model_dir)
-    trained = json.loads((Path(model_dir) / "config.json").read_text()).get("train", {})
+    trained = read_folder_config(Path(model_dir)).get("train", {})
     if split != "test" and trained.get("refit"):
         click.echo(f"note: {model_dir} was refit on the train and val splits; its {split} figures are not held out",
                    err=True)

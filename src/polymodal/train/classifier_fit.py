@@ -112,10 +112,10 @@ def load_data(
         unknown = sorted(set(vqa_train_mix or {}) - set(QUESTION_TYPES))
         if unknown:
             raise ConfigError(f"vqa_train_mix: unknown question types {unknown}; known: {', '.join(QUESTION_TYPES)}")
-        train_config = None
+        train_scenes = None  # the training split's scene config: only its question mix differs
         if vqa_train_mix:
-            train_config = ShapesConfig(question_weights=tuple(float(vqa_train_mix.get(q, 1.0)) for q in QUESTION_TYPES))
-        records = {s: load_shapes(s, n=sizes[s], kind="vqa", config=train_config if s == "train" else None) for s in splits}
+            train_scenes = ShapesConfig(question_weights=tuple(float(vqa_train_mix.get(q, 1.0)) for q in QUESTION_TYPES))
+        records = {s: load_shapes(s, n=sizes[s], kind="vqa", config=train_scenes if s == "train" else None) for s in splits}
         return DataSplits(spec, records, ANSWERS)
     raise ConfigError(f"unknown data {spec!r}; known: {', '.join(BUILTIN_DATA)}")
 
