@@ -82,7 +82,7 @@ def test_inspect_text_report(data):
     assert f"records: {good} good, {N - good} bad" in out
     assert "image width    min 8 px" in out and "audio rates    8000 Hz" in out
     for path in data.broken["image"].values():
-        assert f"{path} (row " in out
+        assert f"{path} (line " in out  # the manifest line that names the file
 
 
 def test_inspect_folder_source(tmp_path):

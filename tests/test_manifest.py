@@ -114,7 +114,9 @@ def test_good_rows_and_one_bad_record_per_bad_row(dataset, suffix):
     assert [r.text for r in src.records] == [t for _, t, _ in GOOD]
     assert [r.label for r in src.records] == [lab for _, _, lab in GOOD]
     assert [r.key for r in src.records] == ["0", "2", "4", "6", "8"]
-    assert [r.source for r in src.records] == [f"{manifest}:{i}" for i in (0, 2, 4, 6, 8)]
+    # A source names the physical line (the header is line 1); Parquet has no lines, so its row.
+    first_line = {".csv": 2, ".jsonl": 1, ".parquet": 0}[suffix]
+    assert [r.source for r in src.records] == [f"{manifest}:{i + first_line}" for i in (0, 2, 4, 6, 8)]
     assert src.records[0].extra == {"note": "n-imgs/rgb.jpg"}
 
     assert [b.row for b in src.bad] == [1, 3, 5, 7]
@@ -122,7 +124,7 @@ def test_good_rows_and_one_bad_record_per_bad_row(dataset, suffix):
     assert [b.source for b in src.bad] == [
         str(dataset / "imgs/missing.png"),
         str(dataset / "imgs/corrupt.png"),
-        f"{manifest}:5",
+        f"{manifest}:{5 + first_line}",
         str(dataset / "imgs/huge.png"),
     ]
     for bad, (*_, problem) in zip(src.bad, BAD, strict=True):
@@ -134,7 +136,7 @@ def test_strict_raises_at_first_bad_row(dataset):
     with pytest.raises(DataError) as err:
         read_pairs(manifest, strict=True)
     assert err.value.path == str(dataset / "imgs/missing.png")
-    assert "file not found" in err.value.problem and "row 1 of strict.csv" in err.value.problem
+    assert "file not found" in err.value.problem and "line 3 of strict.csv" in err.value.problem
 
 
 def test_wrong_column_lists_columns_found(dataset):
@@ -170,7 +172,7 @@ def test_non_utf8_caption_is_a_bad_row(dataset):
     src = read_pairs(manifest)
     assert [r.text for r in src.records] == ["ok caption"]
     assert [(b.row, b.source, b.problem) for b in src.bad] == [
-        (0, f"{manifest}:0", "column 'text' is not valid UTF-8")
+        (0, f"{manifest}:2", "column 'text' is not valid UTF-8")
     ]
 
     jsonl = dataset / "latin1.jsonl"
@@ -231,3 +233,84 @@ def test_manifest_split_is_by_relative_image_path_and_survives_a_move(dataset, t
     src2 = read_pairs(write_csv(other / "m.csv", table[::-1]), check_images=False)
     keys2 = {s: sorted(r.image.relative_to(other).as_posix() for r in src2.split(s)) for s in parts}
     assert keys2 == {s: sorted(v) for s, v in keys.items()}
+
+
+# --- CSV structure: a damaged row is reported with its physical line, never absorbed (issue #16) ---
+
+
+def _forty_rows(folder: Path, damage: dict[int, str] | None = None) -> Path:
+    """A 40-row manifest of copies of one image; ``damage`` replaces the text of some data lines."""
+    imgs = folder / "imgs"
+    imgs.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (6, 6), (0, 128, 0)).save(imgs / "g.png")
+    lines = ["image,text,label"] + [f"imgs/g.png,caption {i},l{i % 3}" for i in range(40)]
+    for i, text in (damage or {}).items():
+        lines[i + 1] = text
+    manifest = folder / "m.csv"
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return manifest
+
+
+def test_csv_unclosed_quote_is_one_bad_row_not_the_rest_of_the_file(tmp_path):
+    # Data row 11 sits on line 13 (line 1 is the header); its quote never closes.
+    manifest = _forty_rows(tmp_path, {11: 'imgs/g.png,"a caption with a stray quote,l2'})
+    src = read_pairs(manifest)
+    assert len(src.records) == 39
+    assert [r.text for r in src.records][10:12] == ["caption 10", "caption 12"]
+    assert [(b.line, b.source) for b in src.bad] == [(13, f"{manifest}:13")]
+    assert "quote" in src.bad[0].problem and "never closes" in src.bad[0].problem
+    assert str(src.bad[0]).startswith(f"{manifest}:13: ")
+    with pytest.raises(DataError, match=r"line 13 of m\.csv"):
+        read_pairs(manifest, strict=True)
+
+
+def test_csv_a_quote_closed_rows_later_does_not_swallow_the_rows_between(tmp_path):
+    # Line 6 opens a quote that line 10's quoted caption closes: the rows between are their own rows.
+    manifest = _forty_rows(tmp_path, {4: 'imgs/g.png,"broken,l1', 8: 'imgs/g.png,"quoted caption",l2'})
+    src = read_pairs(manifest)
+    assert [b.line for b in src.bad] == [6]
+    assert len(src.records) == 39 and "quoted caption" in [r.text for r in src.records]
+
+
+@pytest.mark.parametrize(("line_text", "problem"), [
+    ("imgs/g.png,a caption, with a comma,l1", "4 cells where the header has 3"),
+    ("imgs/g.png,no label", "2 cells where the header has 3"),
+])
+def test_csv_extra_or_missing_cells_are_bad_rows(tmp_path, line_text, problem):
+    src = read_pairs(_forty_rows(tmp_path, {20: line_text}))
+    assert len(src.records) == 39
+    assert [(b.line, b.row) for b in src.bad] == [(22, 20)] and problem in src.bad[0].problem
+
+
+def test_csv_line_numbers_are_physical_lines(tmp_path):
+    # A legal multi-line quoted caption and a blank line shift the lines after them; reports follow.
+    manifest = _forty_rows(tmp_path, {2: 'imgs/g.png,"two\nlines",l2', 5: "imgs/missing.png,gone,l2"})
+    text = manifest.read_text(encoding="utf-8")
+    manifest.write_text(text.replace("caption 1,l1\n", "caption 1,l1\n\n", 1), encoding="utf-8")
+    src = read_pairs(manifest)
+    assert "two\nlines" in [r.text for r in src.records]
+    # Header 1, rows 0-1 on lines 2-3, blank line 4, row 2 on lines 5-6, rows 3-4 on 7-8, row 5 on 9.
+    assert [(b.row, b.line, b.problem) for b in src.bad] == [(5, 9, "file not found")]
+    assert "line 9" in str(src.bad[0])
+    assert src.records[3].source == f"{manifest}:7"
+
+
+def test_jsonl_line_numbers_count_blank_lines(tmp_path):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"image": "a.png", "text": "x"}\n\n{not json\n', encoding="utf-8")
+    src = read_pairs(manifest, check_images=False)
+    assert [(b.row, b.line) for b in src.bad] == [(0, 1), (1, 3)]
+
+
+def test_inspect_and_the_training_loader_report_the_unclosed_quote(tmp_path):
+    # The three readers of a manifest (data inspect, train's pair loader, read_pairs) share one parser.
+    from click.testing import CliRunner
+
+    from polymodal.cli.main import cli
+    from polymodal.data.pairs import load_pairs
+
+    manifest = _forty_rows(tmp_path, {11: 'imgs/g.png,"a caption with a stray quote,l2'})
+    out = CliRunner().invoke(cli, ["data", "inspect", str(manifest)], catch_exceptions=False).output
+    assert "records: 39 good, 1 bad" in out and f"{manifest}:13: a quote opened on this line never closes" in out
+    pairs = load_pairs(str(manifest))
+    assert len(pairs) == 39 and [(b.source, b.line) for b in pairs.bad] == [(f"{manifest}:13", 13)]

@@ -7,17 +7,25 @@ text that is not UTF-8) are skipped and listed as :class:`~polymodal.data.record
 few broken files in a large folder cost a warning, not a crash; ``strict=True`` turns the first bad
 row into an error instead. Mistakes that affect every row (unknown format, wrong column name) always
 raise :class:`~polymodal.errors.DataError` at once.
+
+CSV follows RFC 4180 strictly, because a lenient reader loses data without a word: one unclosed
+quote would swallow every later row into one caption. Every row must have as many cells as the
+header (put a caption holding commas in double quotes, and double a quote inside it: ``""``); a row
+with more or fewer cells, a quote that never closes, or text after a closing quote is a bad row named
+by its physical line, and reading goes on at the next line.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import itertools
 import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from polymodal.data.images import DEFAULT_MAX_PIXELS, load_image
 from polymodal.data.record import BadRecord, Record
@@ -34,7 +42,8 @@ class PairsSource:
     Attributes:
         manifest: the manifest file, as an absolute path.
         records: one :class:`Record` per good row: ``image`` is the absolute image path, ``text`` the
-            caption, ``key`` the ``id`` column (or the row number), ``source`` ``"<manifest>:<row>"``.
+            caption, ``key`` the ``id`` column (or the row number), ``source`` ``"<manifest>:<line>"``
+            (``"<manifest>:<row>"`` for Parquet, which has no lines).
         bad: one :class:`BadRecord` per skipped row, naming the image file (or the manifest row).
     """
 
@@ -78,8 +87,9 @@ def read_pairs(
 ) -> PairsSource:
     """Read image-caption pairs from a ``.csv``, ``.jsonl`` or ``.parquet`` manifest.
 
-    Row numbers (``BadRecord.row``, the ``:<row>`` of ``Record.source``, the default key) count data
-    records from 0: the CSV header and blank JSONL lines are not counted.
+    Row numbers (``BadRecord.row``, the default key) count data records from 0: the CSV header and
+    blank lines are not counted. Line numbers (``BadRecord.line``, the ``:<line>`` of ``source``) are
+    the physical lines of a CSV or JSONL file, from 1, where the record starts.
 
     Args:
         path: the manifest file; its suffix picks the format.
@@ -116,15 +126,15 @@ def read_pairs(
     out = PairsSource(manifest=manifest)
     root = manifest.parent
     special = {image_col, text_col, label_col, id_col}
-    for i, row in rows:
-        source = f"{manifest}:{i}"
+    for raw in rows:
         record_or_bad = _row_to_record(
-            row, i, source, root, image_col=image_col, text_col=text_col, label_col=label_col,
+            raw, row_source(manifest, raw), root, image_col=image_col, text_col=text_col, label_col=label_col,
             id_col=id_col, special=special, check_images=check_images, max_pixels=max_pixels,
         )
         if isinstance(record_or_bad, BadRecord):
             if strict:
-                raise DataError(record_or_bad.source, f"{record_or_bad.problem} (row {i} of {manifest.name})")
+                raise DataError(record_or_bad.source, f"{record_or_bad.problem} ({record_or_bad.position} of "
+                                                      f"{manifest.name})")
             out.bad.append(record_or_bad)
         else:
             out.records.append(record_or_bad)
@@ -135,8 +145,7 @@ def read_pairs(
 
 
 def _row_to_record(
-    row: dict[str, Any] | str,
-    i: int,
+    raw: RawRow,
     source: str,
     root: Path,
     *,
@@ -148,19 +157,24 @@ def _row_to_record(
     check_images: bool,
     max_pixels: int,
 ) -> Record | BadRecord:
-    """Validate one row; a string ``row`` is a problem the reader already found (bad JSON, bad bytes)."""
+    """Validate one row; a string ``raw.data`` is a problem the reader already found (bad JSON, bad bytes)."""
+    row, i = raw.data, raw.row
+
+    def bad(problem: str, where: str = source) -> BadRecord:
+        return BadRecord(source=where, problem=problem, row=i, line=raw.line)
+
     if isinstance(row, str):
-        return BadRecord(source=source, row=i, problem=row)
+        return bad(row)
 
     for col, value in row.items():
         if col != image_col and isinstance(value, str) and _has_undecodable(value):
-            return BadRecord(source=source, row=i, problem=f"column {col!r} is not valid UTF-8")
+            return bad(f"column {col!r} is not valid UTF-8")
 
     raw_path = row.get(image_col)
     if isinstance(raw_path, bytes):  # Parquet binary column
         raw_path = os.fsdecode(raw_path)
     if not isinstance(raw_path, str) or not raw_path.strip():
-        return BadRecord(source=source, row=i, problem=f"empty image path (column {image_col!r})")
+        return bad(f"empty image path (column {image_col!r})")
     image = Path(os.path.normpath(root / raw_path.strip()))  # absolute paths stay as they are
 
     text = row.get(text_col)
@@ -168,17 +182,17 @@ def _row_to_record(
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError:
-            return BadRecord(source=source, row=i, problem=f"column {text_col!r} is not valid UTF-8")
+            return bad(f"column {text_col!r} is not valid UTF-8")
     if not isinstance(text, str) or not text.strip():
-        return BadRecord(source=source, row=i, problem="empty caption")
+        return bad("empty caption")
 
     if check_images:
         try:
             load_image(image, max_pixels=max_pixels)
         except DataError as e:
-            return BadRecord(source=str(image), row=i, problem=e.problem)
+            return bad(e.problem, str(image))
     elif not image.is_file():
-        return BadRecord(source=str(image), row=i, problem="file not found")
+        return bad("file not found", str(image))
 
     key = row.get(id_col)
     return Record(
@@ -207,28 +221,107 @@ def _relative_key(image: Path, root: Path) -> str:
         return Path(image).as_posix()
 
 
-# --- one reader per format: each returns (columns, iterator of (row number, row or problem)) -------
+# --- one reader per format: each returns (columns, iterator of RawRow) ----------------------------
 
-Rows = Iterator[tuple[int, "dict[str, Any] | str"]]
+
+class RawRow(NamedTuple):
+    """One data record as a format reader found it, before any column is checked."""
+
+    row: int  # data records from 0; the header and blank lines are not counted
+    line: int | None  # physical line (from 1) where the record starts; None for Parquet
+    data: dict[str, Any] | str  # column -> value, or the problem the reader found
+
+
+Rows = Iterator[RawRow]
+
+
+def row_source(manifest: Path, raw: RawRow) -> str:
+    """``"<manifest>:<line>"``, the editor's way to name a place; Parquet has rows, not lines."""
+    return f"{manifest}:{raw.row if raw.line is None else raw.line}"
+
+
+def bad_file(record: Record, where: str | Path, problem: str) -> BadRecord:
+    """A good row whose file turned out unusable later, named by the file and the row's place.
+
+    The inverse of :func:`row_source`: the number after the last ``:`` of ``record.source`` is a
+    line, or a row for Parquet.
+    """
+    manifest, _, number = record.source.rpartition(":")
+    n = int(number) if number.isdigit() else None
+    if manifest.lower().endswith(".parquet"):
+        return BadRecord(source=str(where), problem=problem, row=n)
+    return BadRecord(source=str(where), problem=problem, line=n)
 
 
 def _read_csv(manifest: Path) -> tuple[list[str], Rows]:
     # surrogateescape keeps going past non-UTF-8 bytes, so one bad row does not sink the file;
     # utf-8-sig drops the byte-order mark that spreadsheet programs write.
     try:
-        f = open(manifest, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        text = manifest.read_text(encoding="utf-8-sig", errors="surrogateescape")
     except OSError as e:
         raise DataError(manifest, f"cannot read manifest ({e.strerror or e})") from None
-    with f:
-        try:
-            reader = csv.DictReader(f)
-            columns = list(reader.fieldnames or [])
-            rows = [{k: v for k, v in row.items() if k is not None} for row in reader]
-        except csv.Error as e:
-            raise DataError(manifest, f"not a valid CSV file ({e})") from None
-    if not columns:
+    lines = list(io.StringIO(text, newline=""))  # physical lines, ends kept: \n, \r\n or \r
+    records = list(_csv_records(lines))
+    if not records:
         raise DataError(manifest, "empty manifest (no header row)")
-    return columns, iter(enumerate(rows))
+    first, header = records[0]
+    if isinstance(header, str):
+        raise DataError(manifest, f"header (line {first}): {header}")
+    rows = [RawRow(i, line, cells if isinstance(cells, str) else dict(zip(header, cells, strict=True)))
+            for i, (line, cells) in enumerate(records[1:])]
+    return header, iter(rows)
+
+
+def _csv_records(lines: list[str]) -> Iterator[tuple[int, list[str] | str]]:
+    """(first line, cells or problem) per record, blank lines left out; the first is the header.
+
+    The reader is strict, and after a malformed record it starts again on the line after the one
+    where that record began, so a stray quote costs its own row, not every row up to the next quote.
+    A record that runs over several lines and has the wrong number of cells is taken for the same
+    mistake (a quote closed rows later) and gets the same restart.
+    """
+    width: int | None = None  # cells in the header, once it is read
+    start = 0  # index in ``lines`` where the current reader began
+    while start < len(lines):
+        reader = csv.reader(itertools.islice(lines, start, None), strict=True)
+        done = 0  # lines this reader consumed before the current record
+        try:
+            for cells in reader:
+                first, last = start + done + 1, start + reader.line_num
+                done = reader.line_num
+                if not cells:
+                    continue
+                if width is None:
+                    width = len(cells)
+                elif len(cells) != width:
+                    yield first, _cell_count_problem(len(cells), width, first, last)
+                    if last > first:
+                        start = first  # resume on the line after the one where it began
+                        break
+                    continue
+                yield first, cells
+            else:
+                return
+        except csv.Error as e:
+            first = start + done + 1
+            yield first, _csv_problem(str(e))
+            start = first
+
+
+def _cell_count_problem(cells: int, width: int, first: int, last: int) -> str:
+    problem = f"{cells} cells where the header has {width}"
+    if last > first:
+        return f"{problem}; a quoted cell runs from line {first} to line {last} (a quote that closes too late?)"
+    return problem + (" (an unquoted comma in a cell?)" if cells > width else "")
+
+
+def _csv_problem(error: str) -> str:
+    """The csv module's complaint, in words that say how to fix the row."""
+    if "unexpected end of data" in error:
+        return "a quote opened on this line never closes (it would swallow every later row)"
+    if "expected after" in error:
+        return "text after a closing quote (write a quote inside a quoted cell as \"\")"
+    return f"not valid CSV ({error})"
 
 
 def _read_jsonl(manifest: Path) -> tuple[list[str], Rows]:
@@ -237,24 +330,29 @@ def _read_jsonl(manifest: Path) -> tuple[list[str], Rows]:
     except OSError as e:
         raise DataError(manifest, f"cannot read manifest ({e.strerror or e})") from None
     columns: dict[str, None] = {}  # insertion-ordered set: the order keys first appear in
-    rows: list[dict[str, Any] | str] = []
-    for line in data.splitlines():
+    rows: list[RawRow] = []
+    # bytes.splitlines ends lines at \n, \r\n and \r only, as an editor counts them.
+    for line_no, line in enumerate(data.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            rows.append("line is not valid UTF-8")
-            continue
-        except json.JSONDecodeError as e:
-            rows.append(f"not valid JSON ({e.msg})")
-            continue
-        if not isinstance(obj, dict):
-            rows.append(f"not a JSON object (got {type(obj).__name__})")
-            continue
-        columns.update(dict.fromkeys(obj))
-        rows.append(obj)
-    return list(columns), iter(enumerate(rows))
+        obj = _json_object(line)
+        if isinstance(obj, dict):
+            columns.update(dict.fromkeys(obj))
+        rows.append(RawRow(len(rows), line_no, obj))
+    return list(columns), iter(rows)
+
+
+def _json_object(line: bytes) -> dict[str, Any] | str:
+    """One JSONL line as an object, or what is wrong with it."""
+    try:
+        obj = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        return "line is not valid UTF-8"
+    except json.JSONDecodeError as e:
+        return f"not valid JSON ({e.msg})"
+    if not isinstance(obj, dict):
+        return f"not a JSON object (got {type(obj).__name__})"
+    return obj
 
 
 def _read_parquet(manifest: Path) -> tuple[list[str], Rows]:
@@ -270,5 +368,5 @@ def _read_parquet(manifest: Path) -> tuple[list[str], Rows]:
         raise DataError(manifest, f"not a valid Parquet file ({str(e).splitlines()[0][:120]})") from None
     columns = list(table.column_names)
     data = {c: table.column(c).to_pylist() for c in columns}
-    rows = [{c: data[c][i] for c in columns} for i in range(table.num_rows)]
-    return columns, iter(enumerate(rows))
+    rows = [RawRow(i, None, {c: data[c][i] for c in columns}) for i in range(table.num_rows)]
+    return columns, iter(rows)

@@ -1,6 +1,7 @@
 """Image-text pairs for the aligner, from the built-in OpenMoji set or a user's manifest.
 
-A source is ``builtin:openmoji`` or a path to a ``.csv``/``.jsonl``/``.parquet`` manifest with ``image`` and
+A source is a built-in set (``builtin:openmoji``; the same emoji drawn by Twemoji or Noto,
+``builtin:twemoji``/``builtin:noto``; the evaluation photographs, ``builtin:photos``) or a path to a ``.csv``/``.jsonl``/``.parquet`` manifest with ``image`` and
 ``text`` columns (image paths relative to the manifest). Rows that cannot be used are skipped, counted and
 kept in ``PairSet.bad`` so the run's report can name them; ``strict=True`` makes the first one an error.
 """
@@ -18,6 +19,7 @@ from polymodal.data.record import BadRecord
 from polymodal.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
+PAIR_BUILTINS = ("builtin:openmoji", "builtin:twemoji", "builtin:noto", "builtin:photos")
 
 
 @dataclass
@@ -55,14 +57,16 @@ def concat_pairs(*sets: PairSet, name: str | None = None) -> PairSet:
     )
 
 
-def _openmoji(split: str | None) -> PairSet:
+def _openmoji(split: str | None, style: str = "openmoji") -> PairSet:
+    """OpenMoji's emoji, drawn by OpenMoji or in another style (``twemoji``, ``noto``: data/emoji_styles.py)."""
+    from polymodal.data.emoji_styles import load_emoji_style
     from polymodal.data.openmoji import OPENMOJI_GROUPS, load_openmoji, openmoji_subgroups
 
     # Tags that spell a group or subgroup name are dropped: those names are zero-shot targets.
     banned = {n.lower().replace("-", " ") for n in (*OPENMOJI_GROUPS, *openmoji_subgroups())}
-    records = load_openmoji(split)
+    records = load_openmoji(split) if style == "openmoji" else load_emoji_style(style, split)
     return PairSet(
-        name=f"openmoji:{split or 'all'}",
+        name=f"{style}:{split or 'all'}",
         images=[r.image for r in records],
         captions=[caption_variants(r.text or "", r.extra["tags"], banned=banned) for r in records],
         keys=[r.key for r in records],
@@ -70,8 +74,22 @@ def _openmoji(split: str | None) -> PairSet:
     )
 
 
+def _photos(split: str | None) -> PairSet:
+    """The evaluation photographs (data/photos.py): captions are their own descriptions, labels everyday names."""
+    from polymodal.data.photos import load_photos
+
+    records = load_photos(split)
+    return PairSet(
+        name=f"photos:{split or 'all'}",
+        images=[r.image for r in records],
+        captions=[[r.text or ""] for r in records],
+        keys=[r.key for r in records],
+        labels={"label": [str(r.label) for r in records]},
+    )
+
+
 def _manifest(path: Path, split: str | None, *, strict: bool, max_pixels: int) -> PairSet:
-    from polymodal.data.manifest import read_pairs
+    from polymodal.data.manifest import bad_file, read_pairs
 
     source = read_pairs(path, strict=strict, check_images=False)
     bad = list(source.bad)
@@ -88,7 +106,7 @@ def _manifest(path: Path, split: str | None, *, strict: bool, max_pixels: int) -
         except DataError as e:
             if strict:
                 raise
-            bad.append(BadRecord(source=str(r.image), problem=e.problem, row=_row(r.source)))
+            bad.append(bad_file(r, r.image, e.problem))
             continue
         images.append(img)
         captions.append(caption_variants(r.text or "", [], n_tag_variants=0)[:1])
@@ -104,19 +122,16 @@ def _manifest(path: Path, split: str | None, *, strict: bool, max_pixels: int) -
     )
 
 
-def _row(source: str) -> int | None:
-    tail = source.rsplit(":", 1)[-1]
-    return int(tail) if tail.isdigit() else None
-
-
 def load_pairs(source: str, split: str | None = None, *, strict: bool = False, max_pixels: int = 64_000_000) -> PairSet:
     """Load the pairs of one split (``train``/``val``/``test``, or ``None`` for all)."""
     if split is not None and split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if source == "builtin:openmoji":
-        return _openmoji(split)
+    if source in ("builtin:openmoji", "builtin:twemoji", "builtin:noto"):
+        return _openmoji(split, source.removeprefix("builtin:"))
+    if source == "builtin:photos":
+        return _photos(split)
     if source.startswith("builtin:"):
-        raise ConfigError(f"unknown built-in dataset {source!r}; available: builtin:openmoji")
+        raise ConfigError(f"unknown built-in dataset {source!r}; available: {', '.join(PAIR_BUILTINS)}")
     path = Path(source)
     if not path.exists():
         raise DataError(path, "no such manifest file")

@@ -33,15 +33,30 @@ class Record:
 
 @dataclass(frozen=True)
 class BadRecord:
-    """A record that was skipped: which file, which row, and why."""
+    """A record that was skipped: which file, which row, and why.
+
+    ``row`` counts data records from 0 (the key a manifest row gets); ``line`` is the physical line
+    (from 1, header and blank lines included) where the record starts in a CSV or JSONL manifest,
+    the number a person looks for in an editor.
+    """
 
     source: str
     problem: str
     row: int | None = None
+    line: int | None = None
+
+    @property
+    def position(self) -> str | None:
+        """``"line N"`` where the manifest has lines, else ``"row N"``; ``None`` for a file on its own."""
+        if self.line is not None:
+            return f"line {self.line}"
+        return None if self.row is None else f"row {self.row}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "row": self.row, "problem": self.problem}
+        return {"source": self.source, "row": self.row, "line": self.line, "problem": self.problem}
 
     def __str__(self) -> str:
-        where = self.source if self.row is None else f"{self.source} (row {self.row})"
-        return f"{where}: {self.problem}"
+        # A manifest row is already named "manifest:line"; an image file gets the manifest line beside it.
+        if self.position is None or (self.line is not None and self.source.endswith(f":{self.line}")):
+            return f"{self.source}: {self.problem}"
+        return f"{self.source} ({self.position}): {self.problem}"

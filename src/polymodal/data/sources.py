@@ -24,11 +24,14 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from polymodal.data.decode import FILE_MODALITIES, decode, modality_of
 from polymodal.data.record import MODALITIES, BadRecord, Record
 from polymodal.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from polymodal.data.manifest import RawRow
 
 MANIFEST_SUFFIXES: tuple[str, ...] = (".csv", ".jsonl", ".parquet")
 KEY_COLUMN = "id"
@@ -77,7 +80,8 @@ class Source(ABC):
         for item in self._items():
             if isinstance(item, BadRecord):
                 if self.strict:
-                    raise DataError(item.source, item.problem if item.row is None else f"{item.problem} (row {item.row})")
+                    raise DataError(item.source, item.problem if item.position is None
+                                    else f"{item.problem} ({item.position})")
                 self.bad.append(item)
             else:
                 yield item
@@ -150,8 +154,9 @@ def open_source(
 class ManifestSource(Source):
     """A CSV, JSONL or Parquet manifest with any of the columns image, text, audio, video, label, id.
 
-    Row numbers (``BadRecord.row``, the default key, the ``:<row>`` in ``Record.source``) count data
-    records from 0, as :func:`polymodal.data.manifest.read_pairs` does.
+    Row numbers (``BadRecord.row``, the default key) count data records from 0, and line numbers
+    (``BadRecord.line``, the ``:<line>`` in ``Record.source``) are physical lines from 1, as
+    :func:`polymodal.data.manifest.read_pairs` has them; the CSV rules are that module's.
     """
 
     def __init__(self, spec: str, **kw: Any) -> None:
@@ -166,24 +171,28 @@ class ManifestSource(Source):
 
     def _items(self) -> Iterator[Record | BadRecord]:
         # The per-format readers of the image-text manifest: one parser per format in the codebase.
-        from polymodal.data.manifest import _read_csv, _read_jsonl, _read_parquet
+        from polymodal.data.manifest import _read_csv, _read_jsonl, _read_parquet, row_source
 
         reader = {".csv": _read_csv, ".jsonl": _read_jsonl, ".parquet": _read_parquet}[self.path.suffix.lower()]
         columns, rows = reader(self.path)
         if not any(m in columns for m in MODALITIES):
             found = ", ".join(columns) if columns else "(none)"
             raise DataError(self.spec, f"no modality column (image, text, audio or video); columns found: {found}")
-        for i, row in rows:
-            yield self._row(i, row)
+        for raw_row in rows:
+            yield self._row(raw_row, row_source(self.path, raw_row))
 
-    def _row(self, i: int, row: dict[str, Any] | str) -> Record | BadRecord:
-        source = f"{self.path}:{i}"
-        if isinstance(row, str):  # the reader already found the problem (bad JSON, bad bytes)
-            return BadRecord(source=source, row=i, problem=row)
+    def _row(self, raw_row: RawRow, source: str) -> Record | BadRecord:
+        row, i, line = raw_row.data, raw_row.row, raw_row.line
+
+        def bad(problem: str, where: str = source) -> BadRecord:
+            return BadRecord(source=where, problem=problem, row=i, line=line)
+
+        if isinstance(row, str):  # the reader already found the problem (bad JSON, bad bytes, bad CSV)
+            return bad(row)
         values: dict[str, Any] = {}
         for col, value in row.items():
             if isinstance(value, str) and _has_surrogates(value):
-                return BadRecord(source=source, row=i, problem=f"column {col!r} is not valid UTF-8")
+                return bad(f"column {col!r} is not valid UTF-8")
         for modality in FILE_MODALITIES:
             raw = row.get(modality)
             if isinstance(raw, bytes):  # Parquet binary column
@@ -191,27 +200,26 @@ class ManifestSource(Source):
             if raw is None or (isinstance(raw, str) and not raw.strip()):
                 continue  # this modality is missing in this row
             if not isinstance(raw, str):
-                return BadRecord(source=source, row=i, problem=f"column {modality!r} must be a file path, "
-                                                               f"got {type(raw).__name__}")
+                return bad(f"column {modality!r} must be a file path, got {type(raw).__name__}")
             if "\0" in raw:  # no file system allows it; Path() would raise ValueError deep inside a decoder
-                return BadRecord(source=source, row=i, problem=f"column {modality!r} holds a NUL byte")
+                return bad(f"column {modality!r} holds a NUL byte")
             path = Path(os.path.normpath(self.path.parent / raw.strip()))  # absolute paths stay as they are
             try:
                 values[modality] = self._file_value(modality, path)
             except DataError as e:
-                return BadRecord(source=str(path), row=i, problem=e.problem)
+                return bad(e.problem, str(path))
         text = row.get("text")
         if isinstance(text, bytes):
             try:
                 text = text.decode("utf-8")
             except UnicodeDecodeError:
-                return BadRecord(source=source, row=i, problem="column 'text' is not valid UTF-8")
+                return bad("column 'text' is not valid UTF-8")
         if text is not None and not isinstance(text, str):
-            return BadRecord(source=source, row=i, problem=f"column 'text' must be a string, got {type(text).__name__}")
+            return bad(f"column 'text' must be a string, got {type(text).__name__}")
         if text is not None and text.strip():
             values["text"] = text
         if not values:
-            return BadRecord(source=source, row=i, problem="no modality: image, text, audio and video are all empty")
+            return bad("no modality: image, text, audio and video are all empty")
         key = row.get(KEY_COLUMN)
         label = row.get(LABEL_COLUMN)
         return Record(

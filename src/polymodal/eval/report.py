@@ -140,9 +140,9 @@ def _markdown(
                 out += [f"### {caption}", "", f"_Figure missing: {p}_", ""]
     out += [f"## Skipped records ({len(bad_records)})", ""]
     if bad_records:
-        out += ["| file | row | problem |", "|:---|---:|:---|"]
+        out += ["| file | position | problem |", "|:---|---:|:---|"]
         for b in bad_records[:MAX_BAD_RECORDS_SHOWN]:
-            row = "" if b.row is None else str(b.row)
+            row = b.position or ""  # the manifest line a person looks for (Parquet: the row)
             out.append(f"| {_md_escape(b.source)} | {row} | {_md_escape(b.problem)} |")
         if len(bad_records) > MAX_BAD_RECORDS_SHOWN:
             out.append(f"\n… and {len(bad_records) - MAX_BAD_RECORDS_SHOWN} more.")
@@ -241,9 +241,9 @@ def _html(
             parts.append(f"<figure>\n<figcaption>{e(caption)}</figcaption>\n{img}\n</figure>")
     parts.append(f"<h2>Skipped records ({len(bad_records)})</h2>")
     if bad_records:
-        parts.append("<table>\n<thead><tr><th>file</th><th>row</th><th>problem</th></tr></thead>\n<tbody>")
+        parts.append("<table>\n<thead><tr><th>file</th><th>position</th><th>problem</th></tr></thead>\n<tbody>")
         for b in bad_records[:MAX_BAD_RECORDS_SHOWN]:
-            row = "" if b.row is None else str(b.row)
+            row = b.position or ""
             parts.append(f'<tr><td>{e(b.source)}</td><td class="num">{row}</td><td>{e(b.problem)}</td></tr>')
         parts.append("</tbody>\n</table>")
         if len(bad_records) > MAX_BAD_RECORDS_SHOWN:
