@@ -302,6 +302,16 @@ def test_jsonl_line_numbers_count_blank_lines(tmp_path):
     assert [(b.row, b.line) for b in src.bad] == [(0, 1), (1, 3)]
 
 
+def test_csv_caption_over_the_csv_module_field_limit_is_read(tmp_path):
+    long = "word " * 40_000  # 200,000 characters, over csv's default 131,072
+    manifest = _forty_rows(tmp_path, {7: f'imgs/g.png,"{long}",l1'})
+    src = read_pairs(manifest)
+    assert len(src.records) == 40 and src.bad == [] and src.records[7].text == long
+    import csv as csv_module
+
+    assert csv_module.field_size_limit() == 131_072  # the process-wide limit is left as it was
+
+
 def test_inspect_and_the_training_loader_report_the_unclosed_quote(tmp_path):
     # The three readers of a manifest (data inspect, train's pair loader, read_pairs) share one parser.
     from click.testing import CliRunner

@@ -12,7 +12,7 @@ CSV follows RFC 4180 strictly, because a lenient reader loses data without a wor
 quote would swallow every later row into one caption. Every row must have as many cells as the
 header (put a caption holding commas in double quotes, and double a quote inside it: ``""``); a row
 with more or fewer cells, a quote that never closes, or text after a closing quote is a bad row named
-by its physical line, and reading goes on at the next line.
+by its physical line, and reading goes on at the next line. A cell may be any length.
 """
 
 from __future__ import annotations
@@ -253,6 +253,11 @@ def bad_file(record: Record, where: str | Path, problem: str) -> BadRecord:
     return BadRecord(source=str(where), problem=problem, line=n)
 
 
+# Python's csv module stops at 131,072 characters a cell and fails the whole file there; JSONL and
+# Parquet have no such limit, so CSV gets none either (the largest a C long holds on every platform).
+_CSV_FIELD_LIMIT = 2**31 - 1
+
+
 def _read_csv(manifest: Path) -> tuple[list[str], Rows]:
     # surrogateescape keeps going past non-UTF-8 bytes, so one bad row does not sink the file;
     # utf-8-sig drops the byte-order mark that spreadsheet programs write.
@@ -261,7 +266,11 @@ def _read_csv(manifest: Path) -> tuple[list[str], Rows]:
     except OSError as e:
         raise DataError(manifest, f"cannot read manifest ({e.strerror or e})") from None
     lines = list(io.StringIO(text, newline=""))  # physical lines, ends kept: \n, \r\n or \r
-    records = list(_csv_records(lines))
+    previous_limit = csv.field_size_limit(_CSV_FIELD_LIMIT)
+    try:
+        records = list(_csv_records(lines))
+    finally:
+        csv.field_size_limit(previous_limit)  # the limit is process-wide: leave it as found
     if not records:
         raise DataError(manifest, "empty manifest (no header row)")
     first, header = records[0]
