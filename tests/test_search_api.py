@@ -8,6 +8,8 @@ import zlib
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from _search_helpers import COLOURS, draw, make_images, model, model_dir
@@ -18,6 +20,7 @@ from polymodal.search.server import ServerConfig, create_app
 from polymodal.search.uploads import UploadLimits, sniff_format
 
 LIMITS = UploadLimits(max_bytes=200_000, max_pixels=1_000_000)
+BASE = "http://127.0.0.1:8000"
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +31,8 @@ def setup(tmp_path_factory):
                  labels=["red", "green", "blue"])
     searcher = Searcher(SearchIndex.open(tmp / "idx"), model(0))
     app = create_app(searcher, ServerConfig(uploads=LIMITS, max_k=50, reload_every=0.0))
-    with TestClient(app, raise_server_exceptions=False) as client:
+    # The Host a browser sends for http://127.0.0.1:8000/: the server answers only its own names.
+    with TestClient(app, base_url=BASE, raise_server_exceptions=False) as client:
         yield client, searcher, paths, tmp
     searcher.close()
 
@@ -154,6 +158,31 @@ def test_path_traversal_never_reaches_files(setup, url):
     assert "root:" not in r.text and "import" not in r.text and "SQLite" not in r.text
 
 
+@pytest.mark.parametrize("raw", [
+    "9223372036854775808",  # 2**63: one past SQLite's INTEGER, was a 500 (OverflowError binding it)
+    "18446744073709551616", "-9223372036854775809", "1" + "0" * 40, "-1", "0", "1e3", "0x10", "1.5", "%20",
+])
+@pytest.mark.parametrize("suffix", ["", "/thumbnail"])
+def test_every_bad_item_id_is_a_4xx(setup, raw, suffix):
+    r = setup[0].get(f"/api/items/{raw}{suffix}")
+    assert 400 <= r.status_code < 500, (raw, r.status_code, r.text)
+    assert_json_error(r, r.status_code)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers() | st.text(alphabet=st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=30))
+def test_no_item_id_makes_a_500(setup, raw):
+    from urllib.parse import quote
+
+    r = setup[0].get(f"/api/items/{quote(str(raw), safe='')}")
+    assert r.status_code < 500, (raw, r.status_code, r.text)
+
+
+def test_library_get_of_an_out_of_range_id_is_none(setup):
+    index = setup[1].index
+    assert index.get(2**63) is None and index.thumbnail(-(2**63) - 1) is None and index.get(10**30) is None
+
+
 # --- uploads ---------------------------------------------------------------------------------------
 
 
@@ -208,6 +237,67 @@ def test_sniff_format():
     Image.new("RGB", (2, 2)).save(buf, "WEBP")
     assert sniff_format(buf.getvalue()) == "webp"
     assert sniff_format(b"GIF89a....") == "gif" and sniff_format(zlib.compress(b"x")) is None
+
+
+# --- hosts and origins (DNS rebinding, cross-site uploads) --------------------------------------------
+
+
+@pytest.mark.parametrize("host", [
+    "evil.example", "evil.example:8000", "127.0.0.1.evil.example:8000", "localhost.evil.example",
+    "127.0.0.1:8000@evil.example", "0x7f.0.0.1", "",
+])
+@pytest.mark.parametrize("url", ["/", "/api/info", "/api/search?q=red", "/api/items/1", "/api/items/1/thumbnail",
+                                 "/static/app.js", "/openapi.json"])
+def test_a_rebinding_host_is_refused(setup, host, url):
+    # After DNS rebinding, the attacker's page talks to 127.0.0.1 with its own name in Host.
+    r = setup[0].get(url, headers={"host": host})
+    assert_json_error(r, 421, "host")
+    assert "red" not in r.text and "/imgs/" not in r.text
+
+
+def test_a_rebinding_upload_is_refused_before_reading_it(setup):
+    r = setup[0].post("/api/zeroshot", headers={"host": "evil.example:8000"},
+                      files={"file": ("q.png", setup[2][0].read_bytes(), "image/png")})
+    assert_json_error(r, 421, "evil.example")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:8000", "localhost:8000", "LOCALHOST", "localhost.:8000", "[::1]:8000",
+                                  "127.0.0.1"])
+def test_the_bound_hosts_are_served(setup, host):
+    assert setup[0].get("/api/info", headers={"host": host}).status_code == 200
+
+
+def test_allowed_hosts_are_configurable(setup):
+    searcher = setup[1]
+    app = create_app(searcher, ServerConfig(allowed_hosts=("search.lan", "10.0.0.5")))
+    with TestClient(app, base_url="http://search.lan:8000", raise_server_exceptions=False) as client:
+        assert client.get("/api/info").status_code == 200
+        assert client.get("/api/info", headers={"host": "10.0.0.5:8000"}).status_code == 200
+        assert_json_error(client.get("/api/info", headers={"host": "127.0.0.1:8000"}), 421, "--allow-host")
+
+
+@pytest.mark.parametrize("origin", ["http://evil.example:8000", "http://127.0.0.1.evil.example:8000", "null",
+                                    "http://localhost:8000", "http://127.0.0.1:9999", "file://"])
+@pytest.mark.parametrize("url", ["/api/search/image", "/api/zeroshot"])
+def test_a_cross_origin_upload_is_refused(setup, origin, url):
+    client, _, paths = setup[:3]
+    r = client.post(url, headers={"origin": origin}, files={"file": ("q.png", paths[0].read_bytes(), "image/png")})
+    assert_json_error(r, 403, "origin")
+
+
+def test_same_origin_and_originless_uploads_are_served(setup):
+    client, _, paths = setup[:3]
+    data = paths[0].read_bytes()
+    assert client.post("/api/zeroshot", headers={"origin": BASE},
+                       files={"file": ("q.png", data, "image/png")}).status_code == 200
+    assert client.post("/api/zeroshot", files={"file": ("q.png", data, "image/png")}).status_code == 200  # curl
+    # A cross-origin GET is harmless once Host is checked (the browser keeps the answer from the page).
+    assert client.get("/api/info", headers={"origin": "http://evil.example"}).status_code == 200
+
+
+def test_responses_cannot_be_embedded_by_other_sites(setup):
+    r = setup[0].get(f"/api/items/{setup[1].index.items()[0].id}/thumbnail")
+    assert r.headers["cross-origin-resource-policy"] == "same-origin"
 
 
 # --- robustness ------------------------------------------------------------------------------------

@@ -222,16 +222,21 @@ def search(index_dir, query, image, texts, k, label, path_prefix, model_dir, as_
               help="model folder (default: the one that built the index)")
 @click.option("--max-upload-mb", default=10.0, show_default=True, help="largest accepted upload")
 @click.option("--max-pixels", default=40_000_000, show_default=True, help="largest accepted upload width*height")
-def serve(index_dir, host, port, model_dir, max_upload_mb, max_pixels):
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="also answer requests whose Host is NAME (repeat); by default only the bound address's names")
+def serve(index_dir, host, port, model_dir, max_upload_mb, max_pixels, allow_hosts):
     """Serve INDEX over HTTP: a web page at / and a JSON API (spec at /openapi.json)."""
-    from polymodal.search.server import ServerConfig
+    from polymodal.search.server import ServerConfig, hosts_for_bind
     from polymodal.search.server import serve as run_server
     from polymodal.search.uploads import UploadLimits
 
     limits = UploadLimits(max_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels)
-    click.echo(f"serving {index_dir} on http://{host}:{port}/  (Ctrl-C stops)", err=True)
+    hosts, any_ip = hosts_for_bind(host, tuple(allow_hosts))
+    config = ServerConfig(uploads=limits, allowed_hosts=hosts, allow_ip_hosts=any_ip)
+    click.echo(f"serving {index_dir} on http://{host}:{port}/  (Ctrl-C stops; answers to Host: "
+               f"{', '.join(hosts)}{', any IP address' if any_ip else ''})", err=True)
     sys.stderr.flush()
-    run_server(index_dir, model_dir=model_dir, host=host, port=port, config=ServerConfig(uploads=limits))
+    run_server(index_dir, model_dir=model_dir, host=host, port=port, config=config)
 
 
 COMMANDS = [index_group, search, serve]

@@ -321,7 +321,9 @@ class SearchIndex:
 
     # ------------------------------------------------------------- metadata
     def get(self, item_id: int) -> Item | None:
-        """The visible item with this id, or None."""
+        """The visible item with this id, or None (also for an id outside SQLite's 64-bit range)."""
+        if not _is_int64(item_id):
+            return None
         with self._lock:
             row = self._con.execute(
                 f"SELECT {ITEM_COLUMNS} FROM items i WHERE i.id = :id AND {VISIBLE_SQL}",
@@ -339,6 +341,8 @@ class SearchIndex:
 
     def thumbnail(self, item_id: int) -> tuple[bytes, str] | None:
         """(image bytes, mime type) of the thumbnail of a visible item, or None."""
+        if not _is_int64(item_id):
+            return None
         with self._lock:
             row = self._con.execute(
                 f"SELECT t.data, t.mime FROM items i JOIN thumbs t ON t.hash = i.hash WHERE i.id = :id AND {VISIBLE_SQL}",
@@ -430,6 +434,11 @@ class SearchIndex:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _is_int64(value: int) -> bool:
+    """Whether SQLite can bind ``value``: binding an int outside int64 raises OverflowError, not "no row"."""
+    return -(2**63) <= int(value) < 2**63
 
 
 def _filter_sql(where: ItemFilter) -> tuple[str, dict[str, Any]]:

@@ -19,6 +19,7 @@ and then in type and pixels (:mod:`polymodal.search.uploads`). Every error is JS
 
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at run time, and
 # the Query aliases they use (K, Label, ...) are local to create_app.
+import json
 import logging
 import threading
 import time
@@ -44,6 +45,8 @@ STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/c
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
         "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 _MULTIPART_OVERHEAD = 64 * 1024  # form boundaries and part headers around the file
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+_WILDCARD_BINDS = ("0.0.0.0", "::", "")
 
 
 @dataclass
@@ -54,17 +57,26 @@ class ServerConfig:
         uploads: size, pixel and type limits of uploaded images.
         max_k: most results one request may ask for.
         reload_every: seconds between checks for a newer index generation (an `index add` while serving).
+        allowed_hosts: the names (or addresses) a request's ``Host`` may carry; anything else is refused,
+            since after DNS rebinding an attacker's page reaches this server under its own name.
+        allow_ip_hosts: also accept any IP address as ``Host`` (for a server bound to 0.0.0.0 or ::, whose
+            addresses are not known in advance; an IP literal cannot be an attacker's rebound name).
     """
 
     uploads: UploadLimits = None  # type: ignore[assignment]
     max_k: int = 100
     reload_every: float = 1.0
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    allow_ip_hosts: bool = False
 
     def __post_init__(self) -> None:
         if self.uploads is None:
             self.uploads = UploadLimits()
         if self.max_k < 1:
             raise ConfigError(f"max_k must be >= 1, got {self.max_k}")
+        bad = [h for h in self.allowed_hosts if not _valid_name(_normal_name(h))]
+        if bad:
+            raise ConfigError(f"allowed_hosts: {bad[0]!r} is not a host name or address")
 
 
 def create_app(searcher: Searcher, config: ServerConfig | None = None) -> FastAPI:
@@ -118,6 +130,8 @@ def create_app(searcher: Searcher, config: ServerConfig | None = None) -> FastAP
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Content-Security-Policy"] = _CSP
         response.headers["Referrer-Policy"] = "no-referrer"
+        # Thumbnails and JSON stay out of other sites' <img> and <script> tags.
+        response.headers["Cross-Origin-Resource-Policy"] = "same-origin"
         return response
 
     # ------------------------------------------------------------- page
@@ -189,12 +203,32 @@ def create_app(searcher: Searcher, config: ServerConfig | None = None) -> FastAP
         return Response(data, media_type=mime, headers={"Cache-Control": "max-age=3600"})
 
     app.add_middleware(_BodyLimit, max_bytes=limits.max_bytes + _MULTIPART_OVERHEAD)
+    # Added last, so it runs first: a request for another host is refused before its body is read.
+    app.add_middleware(_HostGuard, hosts=config.allowed_hosts, any_ip=config.allow_ip_hosts)
     return app
+
+
+def hosts_for_bind(bind: str, extra: tuple[str, ...] = ()) -> tuple[tuple[str, ...], bool]:
+    """The ``(allowed_hosts, allow_ip_hosts)`` of a server bound to address ``bind``, plus ``extra`` names.
+
+    Loopback answers to its loopback names; a specific address to itself; a wildcard (0.0.0.0, ::) to any
+    IP address and this machine's own name (``socket.gethostname``, which reads no network).
+    """
+    import socket
+
+    if bind in _WILDCARD_BINDS:
+        return (*LOOPBACK_HOSTS, socket.gethostname(), *extra), True
+    if bind in LOOPBACK_HOSTS or bind.startswith("127."):
+        return (*LOOPBACK_HOSTS, bind, *extra), False
+    return (bind, *extra), False
 
 
 def serve(index_dir: str | Path, *, model_dir: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
           config: ServerConfig | None = None) -> None:
-    """Open the index and its model, and serve until interrupted."""
+    """Open the index and its model, and serve until interrupted.
+
+    ``config.allowed_hosts`` should name the hosts this bind answers to (:func:`hosts_for_bind`).
+    """
     import faiss
     import uvicorn
 
@@ -302,9 +336,102 @@ class _BodyLimit:
         await self.app(scope, replay, send)
 
 
-async def _send_error(send: Any, status: int, message: str) -> None:
-    import json
+class _HostGuard:
+    """ASGI wrapper: answer only requests for this server's own hosts, and uploads only from its own pages.
 
+    ``Host`` must be one of ``hosts`` (or an IP address with ``any_ip``): a DNS-rebinding page reaches the
+    server under the attacker's name, so its requests are refused (421) and it never reads results, paths
+    or thumbnails. A request that changes state or uploads (any method but GET/HEAD/OPTIONS) from a
+    browser carries ``Origin``; it must name the same host and port as ``Host`` (403 otherwise), so another
+    site's form cannot make the server decode and embed uploads. Clients without ``Origin`` (curl, scripts)
+    are not browsers and pass.
+    """
+
+    def __init__(self, app: Any, hosts: tuple[str, ...], any_ip: bool) -> None:
+        self.app = app
+        self.hosts = {_normal_name(h) for h in hosts}
+        self.any_ip = any_ip
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k: v.decode("latin-1") for k, v in scope.get("headers", ())}
+        host = headers.get(b"host", "")
+        parsed = _split_host(host)
+        if parsed is None or not self._allowed(parsed[0]):
+            names = ", ".join(sorted(self.hosts)) + (", any IP address" if self.any_ip else "")
+            await _send_error(send, 421, f"host {host[:100]!r} is not one this server answers to ({names}); "
+                                         "serve with --allow-host NAME to add one")
+            return
+        origin = headers.get(b"origin")
+        if origin is not None and scope.get("method") not in ("GET", "HEAD", "OPTIONS") \
+                and not _same_origin(origin, parsed):
+            await _send_error(send, 403, f"origin {origin[:100]!r} may not send {scope.get('method')} requests "
+                                         "here: only this server's own page may upload")
+            return
+        await self.app(scope, receive, send)
+
+    def _allowed(self, name: str) -> bool:
+        return name in self.hosts or (self.any_ip and _is_ip(name))
+
+
+def _normal_name(name: str) -> str:
+    """A host name compared as DNS compares it: case-insensitive, without the root's trailing dot."""
+    return name.strip().lower().rstrip(".")
+
+
+def _split_host(value: str) -> tuple[str, int | None] | None:
+    """(name, port) of a ``Host`` value (``name``, ``name:port``, ``[v6]:port``), or None if malformed."""
+    value = value.strip()
+    if value.startswith("["):
+        name, bracket, rest = value[1:].partition("]")
+        if not bracket or not _is_ip(name):
+            return None
+    else:
+        name, colon, port = value.partition(":")
+        rest = colon + port
+        if not _valid_name(name):
+            return None
+    if rest and not (rest.startswith(":") and rest[1:].isdigit() and len(rest) <= 6):
+        return None
+    return _normal_name(name), int(rest[1:]) if rest else None
+
+
+def _valid_name(name: str) -> bool:
+    """A DNS name or an IP address (IPv6 unbracketed, as written in configuration)."""
+    return _is_ip(name) or (bool(name) and all(c.isascii() and (c.isalnum() or c in "-.") for c in name))
+
+
+def _same_origin(origin: str, host: tuple[str, int | None]) -> bool:
+    """Whether an ``Origin`` header names the host and port of ``Host`` (``null`` and file: never do)."""
+    from urllib.parse import urlsplit
+
+    try:
+        url = urlsplit(origin)
+        port = url.port
+    except ValueError:
+        return False
+    if url.scheme not in ("http", "https") or not url.hostname:
+        return False
+    name, host_port = host
+    origin_port = port if port is not None else {"http": 80, "https": 443}[url.scheme]
+    if host_port is None:  # Host without a port: the scheme's default one
+        return _normal_name(url.hostname) == name and origin_port in (80, 443)
+    return _normal_name(url.hostname) == name and origin_port == host_port
+
+
+def _is_ip(name: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+async def _send_error(send: Any, status: int, message: str) -> None:
     body = json.dumps({"error": message, "status": status}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
