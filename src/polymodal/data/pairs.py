@@ -1,7 +1,6 @@
 """Image-text pairs for the aligner, from the built-in OpenMoji set or a user's manifest.
 
-A source is a built-in set (``builtin:openmoji``; the same emoji drawn by Twemoji or Noto,
-``builtin:twemoji``/``builtin:noto``; the evaluation photographs, ``builtin:photos``) or a path to a ``.csv``/``.jsonl``/``.parquet`` manifest with ``image`` and
+A source is ``builtin:openmoji`` or a path to a ``.csv``/``.jsonl``/``.parquet`` manifest with ``image`` and
 ``text`` columns (image paths relative to the manifest). Rows that cannot be used are skipped, counted and
 kept in ``PairSet.bad`` so the run's report can name them; ``strict=True`` makes the first one an error.
 """
@@ -19,7 +18,6 @@ from polymodal.data.record import BadRecord
 from polymodal.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
-PAIR_BUILTINS = ("builtin:openmoji", "builtin:twemoji", "builtin:noto", "builtin:photos")
 
 
 @dataclass
@@ -57,34 +55,18 @@ def concat_pairs(*sets: PairSet, name: str | None = None) -> PairSet:
     )
 
 
-def _openmoji(split: str | None, style: str = "openmoji") -> PairSet:
-    """OpenMoji's emoji, drawn by OpenMoji or in another style (``twemoji``, ``noto``: data/emoji_styles.py)."""
-    from polymodal.data.emoji_styles import load_emoji_style
+def _openmoji(split: str | None) -> PairSet:
     from polymodal.data.openmoji import OPENMOJI_GROUPS, load_openmoji, openmoji_subgroups
 
     # Tags that spell a group or subgroup name are dropped: those names are zero-shot targets.
     banned = {n.lower().replace("-", " ") for n in (*OPENMOJI_GROUPS, *openmoji_subgroups())}
-    records = load_openmoji(split) if style == "openmoji" else load_emoji_style(style, split)
+    records = load_openmoji(split)
     return PairSet(
-        name=f"{style}:{split or 'all'}",
+        name=f"openmoji:{split or 'all'}",
         images=[r.image for r in records],
         captions=[caption_variants(r.text or "", r.extra["tags"], banned=banned) for r in records],
         keys=[r.key for r in records],
         labels={"group": [r.extra["group"] for r in records], "subgroup": [r.extra["subgroup"] for r in records]},
-    )
-
-
-def _photos(split: str | None) -> PairSet:
-    """The evaluation photographs (data/photos.py): captions are their own descriptions, labels everyday names."""
-    from polymodal.data.photos import load_photos
-
-    records = load_photos(split)
-    return PairSet(
-        name=f"photos:{split or 'all'}",
-        images=[r.image for r in records],
-        captions=[[r.text or ""] for r in records],
-        keys=[r.key for r in records],
-        labels={"label": [str(r.label) for r in records]},
     )
 
 
@@ -126,12 +108,10 @@ def load_pairs(source: str, split: str | None = None, *, strict: bool = False, m
     """Load the pairs of one split (``train``/``val``/``test``, or ``None`` for all)."""
     if split is not None and split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if source in ("builtin:openmoji", "builtin:twemoji", "builtin:noto"):
-        return _openmoji(split, source.removeprefix("builtin:"))
-    if source == "builtin:photos":
-        return _photos(split)
+    if source == "builtin:openmoji":
+        return _openmoji(split)
     if source.startswith("builtin:"):
-        raise ConfigError(f"unknown built-in dataset {source!r}; available: {', '.join(PAIR_BUILTINS)}")
+        raise ConfigError(f"unknown built-in dataset {source!r}; available: builtin:openmoji")
     path = Path(source)
     if not path.exists():
         raise DataError(path, "no such manifest file")
