@@ -1,4 +1,4 @@
-"""CLI commands of cross-modal search: ``index build|add|remove|info|compact``, ``search``, ``serve``."""
+"""CLI commands of cross-modal search: ``index build|add|remove|info|compact|repair``, ``search``, ``serve``."""
 
 from __future__ import annotations
 
@@ -144,6 +144,22 @@ def index_compact(index_dir):
     click.echo(compact_index(index_dir).summary())
 
 
+@index_group.command("repair")
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
+def index_repair(index_dir):
+    """Make INDEX consistent again after its files were emptied, damaged or replaced.
+
+    Rebuilds the vector index from the items and vectors the database still holds (an unreadable database
+    is moved aside). Items the database lost must be added again; a consistent index is left as it is.
+    """
+    from polymodal.search.ingest import repair_index
+
+    report = repair_index(index_dir)
+    for note in report.notes:
+        click.echo(note, err=True)
+    click.echo(report.summary())
+
+
 @index_group.command("info")
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True)
@@ -226,17 +242,18 @@ def search(index_dir, query, image, texts, k, label, path_prefix, model_dir, as_
               help="also answer requests whose Host is NAME (repeat); by default only the bound address's names")
 def serve(index_dir, host, port, model_dir, max_upload_mb, max_pixels, allow_hosts):
     """Serve INDEX over HTTP: a web page at / and a JSON API (spec at /openapi.json)."""
-    from polymodal.search.server import ServerConfig, hosts_for_bind
-    from polymodal.search.server import serve as run_server
+    from polymodal.search.query import Searcher
+    from polymodal.search.server import ServerConfig, hosts_for_bind, serve_searcher
     from polymodal.search.uploads import UploadLimits
 
     limits = UploadLimits(max_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels)
     hosts, any_ip = hosts_for_bind(host, tuple(allow_hosts))
     config = ServerConfig(uploads=limits, allowed_hosts=hosts, allow_ip_hosts=any_ip)
+    searcher = Searcher.open(index_dir, model_dir)  # a broken index is an error line, not "serving"
     click.echo(f"serving {index_dir} on http://{host}:{port}/  (Ctrl-C stops; answers to Host: "
                f"{', '.join(hosts)}{', any IP address' if any_ip else ''})", err=True)
     sys.stderr.flush()
-    run_server(index_dir, model_dir=model_dir, host=host, port=port, config=config)
+    serve_searcher(searcher, host=host, port=port, config=config)
 
 
 COMMANDS = [index_group, search, serve]

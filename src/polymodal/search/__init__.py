@@ -14,6 +14,7 @@ from polymodal.search.ingest import (
     Source,
     compact_index,
     remove_items,
+    repair_index,
     sources_from_images,
     sources_from_manifest,
     update_index,
@@ -24,6 +25,6 @@ from polymodal.search.writer import IndexWriter, NewItem
 __all__ = [
     "AnnConfig", "AnnInfo", "BuildConfig", "BuildReport", "GenerationInfo", "Hit", "IndexWriter", "Item",
     "ItemFilter", "LabelScore", "NewItem", "SearchIndex", "Searcher", "Source", "TextHit", "compact_index",
-    "remove_items",
+    "remove_items", "repair_index",
     "sources_from_images", "sources_from_manifest", "update_index",
 ]

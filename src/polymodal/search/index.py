@@ -21,6 +21,12 @@ Vectors live in the ``vectors`` table keyed by (model id, content hash) and are 
 they are computed, independently of generations: they are a cache, so a rerun after a crash, or a file
 that comes back, is not embedded again. Thumbnails are stored at build time, so the server reads no
 user path, only this database.
+
+Files can disagree after something outside polymodal touched them (a database emptied, replaced by an older
+copy, or damaged; a vector index cut short). Readers and writers check on open that the database holds the
+committed generation's items, each with its vector, and that the vector index holds as many vectors
+(:func:`consistency_problem`); otherwise they refuse, naming the problem and ``polymodal index repair``,
+rather than answer with another item's path or add to a half-lost index.
 """
 
 from __future__ import annotations
@@ -171,6 +177,80 @@ def connect(path: Path) -> sqlite3.Connection:
     return con
 
 
+def repair_advice(root: Path) -> str:
+    return (f"run `polymodal index repair {root}`: it rebuilds the index from what the database still holds "
+            "(images it lost must then be added again)")
+
+
+def open_db(root: Path) -> sqlite3.Connection:
+    """Connect to the index's database; a damaged file is a DataError naming it, not an sqlite3 traceback."""
+    path = root / DB_NAME
+    if path.is_file() and path.stat().st_size == 0:  # checked first: connecting would write a header into it
+        raise DataError(path, f"empty file (0 bytes): the database was emptied; {repair_advice(root)}")
+    con = None
+    try:
+        con = connect(path)
+        con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # reads the header and schema pages
+    except sqlite3.DatabaseError as e:
+        if con is not None:
+            con.close()
+        raise DataError(path, f"not a readable SQLite database ({e}); {repair_advice(root)}") from None
+    return con
+
+
+def consistency_problem(con: sqlite3.Connection, info: GenerationInfo, vectors: faiss.Index | None = None) -> str | None:
+    """What makes the database (and the vector index ``vectors``, if given) disagree with generation ``info``.
+
+    Checks: the tables exist; the database was written at this generation or later (an older copy put back
+    would show a past state); it holds ``info.count`` visible items, each with its stored vector; the vector
+    index holds ``count + tombstones`` vectors of width ``dim``. Returns None when everything agrees.
+    """
+    name = f"{generation_name(info.generation)}.json"
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"info", "items", "vectors", "item_labels"} <= tables:
+            return (f"{DB_NAME} holds no index tables, but {name} lists {info.count} items: the database was "
+                    "emptied or replaced")
+        row = con.execute("SELECT value FROM info WHERE key = 'generation'").fetchone()
+        if row is not None and int(row[0]) < info.generation:  # indexes written before the key have none
+            return (f"{DB_NAME} was last written at generation {row[0]}, before the committed generation "
+                    f"{info.generation}: it is an older copy")
+        params = {"gen": info.generation}
+        count = con.execute(f"SELECT COUNT(*) FROM items i WHERE {VISIBLE_SQL}", params).fetchone()[0]
+        if count != info.count:
+            return (f"{DB_NAME} holds {count} items of generation {info.generation}, but {name} lists "
+                    f"{info.count} items: the database was emptied or replaced")
+        embedded = con.execute(
+            f"SELECT COUNT(*) FROM items i JOIN vectors v ON v.model_id = i.model_id AND v.hash = i.hash "
+            f"WHERE {VISIBLE_SQL}", params).fetchone()[0]
+        if embedded != count:
+            return f"{count - embedded} of the {count} items of generation {info.generation} have no stored vector"
+    except (sqlite3.DatabaseError, ValueError) as e:
+        return f"{DB_NAME} cannot be read ({e})"
+    if vectors is not None and (vectors.ntotal != info.count + info.tombstones or vectors.d != info.dim):
+        return (f"{generation_name(info.generation)}.faiss holds {vectors.ntotal} vectors of width {vectors.d}, "
+                f"but {name} lists {info.count + info.tombstones} of width {info.dim}")
+    return None
+
+
+def writer_active(root: Path) -> bool:
+    """Whether a writer holds the index's lock now (its half-written state can look inconsistent)."""
+    import fcntl
+    import os
+
+    try:
+        fd = os.open(root / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the shared lock, if taken
+    return False
+
+
 @contextmanager
 def transaction(con: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One write transaction: committed on success, rolled back on any exception (a kill rolls back too)."""
@@ -203,18 +283,22 @@ def read_generation(root: Path, gen: int) -> GenerationInfo:
     try:
         return GenerationInfo.from_dict(json.loads(p.read_text()))
     except FileNotFoundError:
-        raise DataError(p, "missing: the index is damaged (CURRENT names a generation that is not there)") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise DataError(p, f"not a valid generation description ({e})") from None
+        raise DataError(p, "missing: the index is damaged (CURRENT names a generation that is not there); "
+                           + repair_advice(root)) from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise DataError(p, f"not a valid generation description ({e}); {repair_advice(root)}") from None
 
 
-def _read_ann(path: Path) -> faiss.Index:
+def read_ann(path: Path) -> faiss.Index:
+    """The faiss index in ``path`` (``INDEX/gen-N.faiss``); a missing or damaged file is a DataError."""
     if not path.is_file():
-        raise DataError(path, "missing: the index is damaged (CURRENT names a generation that is not there)")
+        raise DataError(path, "missing: the index is damaged (CURRENT names a generation that is not there); "
+                              + repair_advice(path.parent))
     try:
         return faiss.read_index(str(path))
     except RuntimeError as e:
-        raise DataError(path, f"cannot read the vector index ({str(e).splitlines()[0][:120]})") from None
+        raise DataError(path, f"cannot read the vector index ({str(e).splitlines()[0][:120]}); "
+                              + repair_advice(path.parent)) from None
 
 
 def row_to_item(row: Sequence[Any]) -> Item:
@@ -265,6 +349,8 @@ class SearchIndex:
         """
         root = Path(path)
         if not (root / DB_NAME).is_file():
+            if (root / POINTER).is_file():
+                raise DataError(root, f"{DB_NAME} is missing; {repair_advice(root)}")
             raise DataError(root, "not a search index (no items.sqlite); build one with `polymodal index build`")
         for attempt in range(3):
             gen = read_pointer(root)
@@ -272,7 +358,13 @@ class SearchIndex:
                 raise DataError(root, "the index has no completed build yet (a build was interrupted; run it again)")
             try:
                 info = read_generation(root, gen)
-                index = _read_ann(root / f"{generation_name(gen)}.faiss")
+                index = read_ann(root / f"{generation_name(gen)}.faiss")
+                con = open_db(root)
+                problem = consistency_problem(con, info, index)
+                if problem is not None:
+                    con.close()
+                    raise DataError(root, f"{problem}; " + ("a writer is changing the index now: try again when "
+                                                            "it is done" if writer_active(root) else repair_advice(root)))
                 break
             except DataError:
                 # Two commits in quick succession can delete this generation between reading CURRENT and
@@ -280,7 +372,7 @@ class SearchIndex:
                 if attempt == 2 or read_pointer(root) == gen:
                     raise
         ann.apply_params(index, info.ann)
-        return cls(root, info, connect(root / DB_NAME), index)
+        return cls(root, info, con, index)
 
     # ------------------------------------------------------------- properties
     @property

@@ -90,6 +90,7 @@ class BuildReport:
         bad: files skipped, each "path: problem".
         ann: kind, parameters and recall@10 of the vector index.
         seconds: wall time.
+        notes: what a repair found and did (empty for other writes).
     """
 
     index: str
@@ -104,6 +105,7 @@ class BuildReport:
     bad: list[str] = field(default_factory=list)
     ann: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -256,6 +258,40 @@ def compact_index(index_dir: str | Path) -> BuildReport:
         desc = w.commit(rebuild=True)
     return BuildReport(index=str(index_dir), generation=desc.generation, count=desc.count, unchanged=desc.count,
                        ann=desc.ann.to_dict(), seconds=round(time.perf_counter() - t0, 2))
+
+
+def repair_index(index_dir: str | Path) -> BuildReport:
+    """Make an index whose files disagree consistent again, from what its database still holds.
+
+    The vector index is rebuilt from the stored vectors of the items the database holds; items without a
+    vector are removed. An unreadable database is moved aside and replaced by an empty one. Items the
+    database lost cannot come back from the vector index (it holds no paths): the notes say how many, and
+    they must be added again (``index build`` reuses any vectors still stored). A consistent index is left
+    as it is (no new generation).
+
+    Raises:
+        DataError: nothing is left to rebuild from (no description and no stored items).
+    """
+    t0 = time.perf_counter()
+    with IndexWriter(index_dir, repair=True) as w:
+        prev = w.previous
+        if w.problem is None and not w.notes and prev is not None:
+            return BuildReport(index=str(index_dir), generation=prev.generation, count=prev.count,
+                               unchanged=prev.count, ann=prev.ann.to_dict(), seconds=round(time.perf_counter() - t0, 2),
+                               notes=[f"consistent at generation {prev.generation}: nothing to repair"])
+        unembedded = w.unembedded()
+        w.retire(unembedded)
+        desc = w.commit(rebuild=True)
+    notes = [*w.notes, *([f"found: {w.problem}"] if w.problem else [])]
+    if unembedded:
+        notes.append(f"removed {len(unembedded)} item(s) that had no stored vector")
+    lost = (prev.count - desc.count - len(unembedded)) if prev is not None else 0
+    if lost > 0:
+        notes.append(f"{lost} item(s) of generation {prev.generation if prev else '?'} are not in the database any "
+                     f"more: add their images again (`polymodal index build --out {index_dir} ...` or `index add`)")
+    return BuildReport(index=str(index_dir), generation=desc.generation, count=desc.count, removed=len(unembedded),
+                       unchanged=desc.count, ann=desc.ann.to_dict(), seconds=round(time.perf_counter() - t0, 2),
+                       notes=notes)
 
 
 # --- steps -----------------------------------------------------------------------------------------

@@ -34,9 +34,13 @@ from polymodal.search.index import (
     Item,
     chunks,
     connect,
+    consistency_problem,
     generation_name,
+    open_db,
+    read_ann,
     read_generation,
     read_pointer,
+    repair_advice,
     row_to_item,
     transaction,
     vectors_where,
@@ -73,6 +77,9 @@ class IndexWriter:
         dim: vector width; None keeps the current generation's.
         model_dir: recorded so that search can load the model without being told.
         ann_config: the vector index rules; None keeps the stored ones (or the defaults).
+        repair: open an index whose files disagree (see :func:`~polymodal.search.index.consistency_problem`)
+            instead of refusing it: an unreadable database is moved aside, a missing description is replaced
+            by the newest one left, and :attr:`problem` says what was wrong. Only ``index repair`` sets it.
     """
 
     def __init__(
@@ -83,8 +90,12 @@ class IndexWriter:
         dim: int | None = None,
         model_dir: str | None = None,
         ann_config: AnnConfig | None = None,
+        repair: bool = False,
     ) -> None:
         self.root = Path(path)
+        self._repair = repair
+        self.problem: str | None = None  # with repair: what disagreed (None: the index was consistent)
+        self.notes: list[str] = []  # with repair: what was done to files along the way
         self._model_id = model_id
         self._dim = dim
         self._model_dir = model_dir
@@ -98,7 +109,8 @@ class IndexWriter:
     def __enter__(self) -> IndexWriter:
         if self.root.exists() and not self.root.is_dir():
             raise DataError(self.root, "exists and is not a folder")
-        if self.root.is_dir() and any(self.root.iterdir()) and not (self.root / DB_NAME).is_file():
+        if self.root.is_dir() and any(self.root.iterdir()) and not (self.root / DB_NAME).is_file() \
+                and not (self.root / POINTER).is_file():  # an index that lost its database: see _open_db
             raise DataError(self.root, "folder is not empty and is not a search index; choose another --out")
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock_fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
@@ -109,11 +121,13 @@ class IndexWriter:
             self._lock_fd = None
             raise ConfigError(f"{self.root}: another process is writing this index (lock {LOCK_NAME})") from None
         try:
-            self._con = connect(self.root / DB_NAME)
+            current = self._committed()
+            self._con = self._open_db()
+            self.previous = self._previous(current)
+            if current:
+                self._check(current)
             self._con.executescript(SCHEMA)
             self._con.execute("INSERT OR IGNORE INTO info VALUES ('format_version', ?)", (str(FORMAT_VERSION),))
-            current = read_pointer(self.root)
-            self.previous = read_generation(self.root, current) if current else None
             self._recover(current)
             self.gen = current + 1
             self._resolve_settings()
@@ -138,6 +152,72 @@ class IndexWriter:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    # ------------------------------------------------------------- opening (and repairing)
+    def _committed(self) -> int:
+        """The committed generation; with repair, an unreadable CURRENT gives the newest described one."""
+        try:
+            return read_pointer(self.root)
+        except DataError as e:
+            if not self._repair:
+                raise
+            gens = _described_generations(self.root)
+            self.notes.append(f"{e}; taking generation {gens[-1] if gens else 0} as the committed one")
+            return gens[-1] if gens else 0
+
+    def _open_db(self) -> sqlite3.Connection:
+        """The database; with repair, an unreadable one is moved aside (kept, renamed) and a new one started."""
+        exists = (self.root / DB_NAME).is_file()
+        if not exists and (self.root / POINTER).is_file() and not self._repair:
+            raise DataError(self.root, f"{DB_NAME} is missing; {repair_advice(self.root)}")
+        try:
+            return open_db(self.root) if exists else connect(self.root / DB_NAME)
+        except DataError as e:
+            if not self._repair:
+                raise
+            aside = f"{DB_NAME}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+            for suffix in ("", "-wal", "-shm"):
+                src = self.root / (DB_NAME + suffix)
+                if src.exists():
+                    os.replace(src, self.root / (aside + suffix))
+            self.notes.append(f"{e.problem.split(';')[0]}: moved it to {aside} and started an empty database")
+            return connect(self.root / DB_NAME)
+
+    def _previous(self, current: int) -> GenerationInfo | None:
+        """The committed generation's description; with repair, the newest readable one if it is lost."""
+        if not current:
+            return None
+        try:
+            return read_generation(self.root, current)
+        except DataError as e:
+            if not self._repair:
+                raise
+            self.problem = str(e).split("; run")[0]
+            for gen in reversed(_described_generations(self.root)):
+                try:
+                    return read_generation(self.root, gen)
+                except DataError:
+                    continue
+            return None
+
+    def _check(self, current: int) -> None:
+        """Refuse to write on top of files that disagree; with repair, record what disagrees instead."""
+        prev = self.previous
+        if not self._repair:
+            assert prev is not None
+            problem = consistency_problem(self._db, prev)
+            if problem is not None:
+                raise DataError(self.root, f"{problem}; nothing was written; {repair_advice(self.root)}")
+            return
+        if prev is None or self.problem is not None:
+            self.problem = self.problem or f"generation {current} has no readable description"
+            return
+        try:
+            vectors = read_ann(self.root / f"{generation_name(prev.generation)}.faiss")
+        except DataError as e:
+            self.problem = str(e).split("; run")[0]
+            return
+        self.problem = consistency_problem(self._db, prev, vectors)
+
     def _recover(self, current: int) -> None:
         """Delete rows and files of generations above ``current``: left by a writer that did not commit."""
         with transaction(self._db) as con:
@@ -145,6 +225,8 @@ class IndexWriter:
                         (current,))
             con.execute("DELETE FROM items WHERE added_gen > ?", (current,))
             con.execute("UPDATE items SET removed_gen = NULL WHERE removed_gen > ?", (current,))
+            con.execute("UPDATE info SET value = ? WHERE key = 'generation' AND CAST(value AS INTEGER) > ?",
+                        (str(current), current))
         for f in self.root.glob("gen-*"):
             num = f.name[4:10]
             if num.isdigit() and int(num) > current:
@@ -154,6 +236,8 @@ class IndexWriter:
 
     def _resolve_settings(self) -> None:
         prev = self.previous
+        if prev is None and self._repair and self._model_id is None:
+            self._model_id, self._dim = self._stored_model()
         if self._model_id is None:
             if prev is None:
                 raise ConfigError(f"{self.root}: a new index needs a model")
@@ -166,6 +250,15 @@ class IndexWriter:
             self._model_dir = prev.model_dir
         if self._ann_config is None:
             self._ann_config = AnnConfig.from_dict(prev.ann_config) if prev else AnnConfig()
+
+    def _stored_model(self) -> tuple[str, int]:
+        """(model id, width) of the stored items' vectors: what a repair knows when no description is left."""
+        row = self._db.execute("SELECT i.model_id, length(v.vector) FROM items i JOIN vectors v ON "
+                               "v.model_id = i.model_id AND v.hash = i.hash ORDER BY i.id DESC LIMIT 1").fetchone()
+        if row is None:
+            raise DataError(self.root, "nothing to repair from: no generation description and no stored items; "
+                                       "delete the folder and build the index again")
+        return row[0], row[1] // 4
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -190,6 +283,12 @@ class IndexWriter:
             f"SELECT {ITEM_COLUMNS} FROM items i WHERE {VISIBLE_SQL} ORDER BY i.id", {"gen": self.gen - 1}
         ).fetchall()
         return [row_to_item(r) for r in rows]
+
+    def unembedded(self) -> list[int]:
+        """Ids of committed items whose vector is not stored (only a damaged database has any)."""
+        return [r[0] for r in self._db.execute(
+            f"SELECT i.id FROM items i WHERE {VISIBLE_SQL} AND NOT EXISTS (SELECT 1 FROM vectors v WHERE "
+            "v.model_id = i.model_id AND v.hash = i.hash) ORDER BY i.id", {"gen": self.gen - 1})]
 
     def cached(self, hashes: Iterable[str]) -> set[str]:
         """The hashes that already have a vector for this writer's model."""
@@ -284,6 +383,9 @@ class IndexWriter:
             labels=labels or None, created=time.time(),
         )
         atomic_write_json(self.root / f"{name}.json", desc.to_dict())
+        # Readers refuse a database older than CURRENT (a stale copy put back); crash here and the next
+        # writer's recovery lowers it again.
+        self._db.execute("INSERT OR REPLACE INTO info VALUES ('generation', ?)", (str(gen),))
         atomic_write_bytes(self.root / POINTER, f"{gen}\n".encode())  # the commit point
         self._after_commit(gen)
         self.previous = desc
@@ -302,7 +404,10 @@ class IndexWriter:
             and (kind == "flat" or _within(count, prev.ann.recall_measured_on, REBUILD_GROWTH))
         )
         if reuse and prev is not None:
-            index = faiss.read_index(str(self.root / f"{generation_name(prev.generation)}.faiss"))
+            index = read_ann(self.root / f"{generation_name(prev.generation)}.faiss")
+            problem = consistency_problem(self._db, prev, index)
+            if problem is not None:  # checked when loaded: adding to a vector index that disagrees corrupts it
+                raise DataError(self.root, f"{problem}; nothing was written; {repair_advice(self.root)}")
             ann.apply_params(index, prev.ann)
             removed = np.array([r[0] for r in self._db.execute(
                 "SELECT id FROM items WHERE removed_gen = ?", (gen,))], dtype=np.int64)
@@ -339,6 +444,12 @@ class IndexWriter:
                              ).rowcount
         self._db.execute("VACUUM")
         return n
+
+
+def _described_generations(root: Path) -> list[int]:
+    """Numbers of the generations with a description file, ascending."""
+    nums = (f.name[4:10] for f in root.glob("gen-*.json"))
+    return sorted(int(n) for n in nums if n.isdigit())
 
 
 def _within(n: int, reference: int, factor: float) -> bool:
