@@ -9,14 +9,15 @@ every failure into one :class:`~polymodal.errors.DataError` that names the file 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import struct
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, overload
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -94,6 +95,69 @@ def load_image(
     finally:
         im.close()
     return out
+
+
+def image_content_hash(img: Image.Image) -> str:
+    """Hash of the decoded pixels (mode, size, bytes): the same picture hashes the same whatever its file."""
+    h = hashlib.sha256(f"{img.mode}:{img.size[0]}x{img.size[1]}:".encode())
+    h.update(img.tobytes())
+    return h.hexdigest()[:32]
+
+
+class ImageFiles(Sequence[Image.Image]):
+    """Image files that are decoded one at a time, when an item is read, and never kept.
+
+    A training set of 7,000 1024x768 photos held as decoded images is 17 GB; held as an ``ImageFiles``
+    it is 7,000 paths, and whoever reads it keeps only what it makes of each image (trunk features).
+    ``hashes`` are the images' :func:`image_content_hash` where whoever checked the files computed
+    them, so a feature cache is looked up without decoding anything again.
+    """
+
+    def __init__(self, paths: Sequence[Path], *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 hashes: Sequence[str] | None = None) -> None:
+        if hashes is not None and len(hashes) != len(paths):
+            raise ConfigError(f"ImageFiles: {len(hashes)} hashes for {len(paths)} paths")
+        self.paths = list(paths)
+        self.max_pixels = max_pixels
+        self.hashes = None if hashes is None else list(hashes)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @overload
+    def __getitem__(self, i: int) -> Image.Image: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> ImageFiles: ...
+
+    def __getitem__(self, i: int | slice) -> Image.Image | ImageFiles:
+        if isinstance(i, slice):
+            return self.take(range(len(self))[i])
+        return load_image(self.paths[i], max_pixels=self.max_pixels)
+
+    def take(self, indices: Iterable[int]) -> ImageFiles:
+        """The files at ``indices``, still undecoded."""
+        idx = [int(i) for i in indices]
+        hashes = None if self.hashes is None else [self.hashes[i] for i in idx]
+        return ImageFiles([self.paths[i] for i in idx], max_pixels=self.max_pixels, hashes=hashes)
+
+    @staticmethod
+    def concat(parts: Sequence[ImageFiles]) -> ImageFiles:
+        """The files of ``parts`` in order (the first part's pixel limit applies)."""
+        known = all(p.hashes is not None for p in parts)
+        return ImageFiles([path for p in parts for path in p.paths],
+                          max_pixels=parts[0].max_pixels if parts else DEFAULT_MAX_PIXELS,
+                          hashes=[h for p in parts for h in (p.hashes or [])] if known else None)
+
+    def __repr__(self) -> str:
+        return f"ImageFiles({len(self)} files)"
+
+
+def content_hashes(images: Sequence[Image.Image]) -> list[str]:
+    """:func:`image_content_hash` of each image; for :class:`ImageFiles` the hashes it carries, if any."""
+    if isinstance(images, ImageFiles) and images.hashes is not None:
+        return list(images.hashes)
+    return [image_content_hash(img) for img in images]
 
 
 # --- helpers, in the order load_image uses them -------------------------------------------------

@@ -7,13 +7,14 @@ kept in ``PairSet.bad`` so the run's report can name them; ``strict=True`` makes
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
 from polymodal.data.captions import caption_variants
-from polymodal.data.images import load_image
+from polymodal.data.images import ImageFiles, image_content_hash, load_image
 from polymodal.data.record import BadRecord
 from polymodal.errors import ConfigError, DataError
 
@@ -22,10 +23,14 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class PairSet:
-    """Images, their caption variants (the first is the plain caption used for evaluation) and labels."""
+    """Images, their caption variants (the first is the plain caption used for evaluation) and labels.
+
+    ``images`` of a manifest are :class:`~polymodal.data.images.ImageFiles`, decoded when read and
+    never kept, so memory does not grow with the photos' pixels; built-in sets of small images are lists.
+    """
 
     name: str
-    images: list[Image.Image]
+    images: Sequence[Image.Image]
     captions: list[list[str]]
     keys: list[str]
     labels: dict[str, list[str]] = field(default_factory=dict)  # label kind -> one label per image
@@ -39,6 +44,14 @@ class PairSet:
         """One caption per image, the plain one."""
         return [c[0] for c in self.captions]
 
+    def take(self, indices: Sequence[int]) -> PairSet:
+        """The pairs at ``indices``, in that order (image files stay undecoded); no bad records."""
+        images = (self.images.take(indices) if isinstance(self.images, ImageFiles)
+                  else [self.images[i] for i in indices])
+        return PairSet(name=self.name, images=images, captions=[self.captions[i] for i in indices],
+                       keys=[self.keys[i] for i in indices],
+                       labels={k: [v[i] for i in indices] for k, v in self.labels.items()})
+
 
 def concat_pairs(*sets: PairSet, name: str | None = None) -> PairSet:
     """One pair set of several, in order (e.g. train and val for a refit); label kinds all sets share are kept."""
@@ -47,12 +60,19 @@ def concat_pairs(*sets: PairSet, name: str | None = None) -> PairSet:
     kinds = [k for k in sets[0].labels if all(k in s.labels for s in sets)]
     return PairSet(
         name=name or "+".join(s.name for s in sets),
-        images=[im for s in sets for im in s.images],
+        images=_concat_images([s.images for s in sets]),
         captions=[c for s in sets for c in s.captions],
         keys=[k for s in sets for k in s.keys],
         labels={k: [v for s in sets for v in s.labels[k]] for k in kinds},
         bad=[b for s in sets for b in s.bad],
     )
+
+
+def _concat_images(parts: list[Sequence[Image.Image]]) -> Sequence[Image.Image]:
+    files = [p for p in parts if isinstance(p, ImageFiles)]
+    if len(files) == len(parts):  # still undecoded (a manifest's train and val, for a refit)
+        return ImageFiles.concat(files)
+    return [im for p in parts for im in p]
 
 
 def _openmoji(split: str | None) -> PairSet:
@@ -75,7 +95,9 @@ def _manifest(path: Path, split: str | None, *, strict: bool, max_pixels: int) -
 
     source = read_pairs(path, strict=strict, check_images=False)
     bad = list(source.bad)
-    images, captions, keys, labels = [], [], [], []
+    paths: list[Path] = []
+    hashes: list[str] = []
+    captions, keys, labels = [], [], []
     if split is None:
         chosen = source.records
     elif any("split" in r.extra for r in source.records):  # the manifest says
@@ -84,19 +106,20 @@ def _manifest(path: Path, split: str | None, *, strict: bool, max_pixels: int) -
         chosen = source.split(split)  # type: ignore[arg-type]
     for r in chosen:
         try:
-            img = load_image(r.image, max_pixels=max_pixels)
+            # Decoded once to find the bad files and hash the pixels (the feature cache's key), then let go.
+            hashes.append(image_content_hash(load_image(r.image, max_pixels=max_pixels)))
         except DataError as e:
             if strict:
                 raise
             bad.append(bad_file(r, r.image, e.problem))
             continue
-        images.append(img)
+        paths.append(r.image)
         captions.append(caption_variants(r.text or "", [], n_tag_variants=0)[:1])
         keys.append(r.key)
         labels.append("" if r.label is None else str(r.label))
     return PairSet(
         name=f"{path.name}:{split or 'all'}",
-        images=images,
+        images=ImageFiles(paths, max_pixels=max_pixels, hashes=hashes),
         captions=captions,
         keys=keys,
         labels={"label": labels} if any(labels) else {},

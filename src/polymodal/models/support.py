@@ -138,12 +138,10 @@ def build_support_set(
             dataset does not make the model folder large: 100,000 pairs at D = 384 are about 150 MB.
         seed: Seed of that subset.
     """
-    from polymodal.data.pairs import PairSet
     from polymodal.eval.aligner_eval import embed_pairs
 
     if len(pairs) > max_pairs:
         keep = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))[:max_pairs].sort().values
-        pairs = PairSet(name=pairs.name, images=[pairs.images[i] for i in keep], captions=[pairs.captions[i] for i in keep],
-                        keys=[pairs.keys[i] for i in keep], labels={}, bad=[])
+        pairs = pairs.take(keep.tolist())  # image files stay undecoded: memory does not grow with the subset
     image_emb, text_emb = embed_pairs(model, pairs, cache=cache)
     return SupportSet(image_emb, text_emb, config)

@@ -14,7 +14,6 @@ import uuid
 from pathlib import Path
 
 import torch
-from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
@@ -26,13 +25,6 @@ def default_cache_dir() -> Path:
     if env:
         return Path(env)
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "polymodal"
-
-
-def image_content_hash(img: Image.Image) -> str:
-    """Hash of the decoded pixels (mode, size, bytes): the same picture hashes the same whatever its file."""
-    h = hashlib.sha256(f"{img.mode}:{img.size[0]}x{img.size[1]}:".encode())
-    h.update(img.tobytes())
-    return h.hexdigest()[:32]
 
 
 def text_content_hash(text: str) -> str:

@@ -14,9 +14,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from polymodal.data.augment import augmented_view
+from polymodal.data.images import content_hashes
 from polymodal.models.aligner import TextTrunk
 from polymodal.models.protocol import DualEncoder
-from polymodal.train.feature_cache import FeatureCache, image_content_hash, namespace_id, text_content_hash
+from polymodal.train.feature_cache import FeatureCache, namespace_id, text_content_hash
 
 
 def _compact(t: Tensor) -> Tensor:
@@ -41,7 +42,7 @@ def image_trunk_features(
     desc: str = "image features",
 ) -> Tensor:
     """(N, ...) trunk outputs of one view, stored as float16 and returned as float32."""
-    hashes = [image_content_hash(img) for img in images]
+    hashes = content_hashes(images)  # ImageFiles checked on loading carry theirs: no decoding here
     aug_keys = list(keys) if keys is not None else hashes
     ns = namespace_id(model.image_trunk_id, f"view={view}")
     _, missing = cache.get(ns, hashes)
