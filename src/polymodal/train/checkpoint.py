@@ -3,11 +3,14 @@
 Weights are safetensors; the optimizer, scheduler and RNG state go through ``torch.save`` and are read
 back with ``torch.load(weights_only=True)``, so a checkpoint from an untrusted source cannot execute
 anything. Every file is written to a temporary name and renamed into place; a checkpoint directory is
-built beside the old one and swapped in, so a crash mid-write leaves the previous checkpoint whole.
+built beside the old one, flushed to disk (its files, then the folder) and swapped in, so a crash or a
+power cut mid-write leaves the previous checkpoint whole. The temporary folder a killed save leaves
+(as large as the checkpoint) is removed by the next save or resume.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -40,7 +43,24 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def save_weights(path: Path, state: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=metadata)
+    _fsync_file(tmp)  # on disk before the rename makes it the file: a power cut must not leave it empty
     os.replace(tmp, path)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the folder's entries (new names, renames) durable; Windows cannot open a folder, nor needs to."""
+    if os.name == "nt":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_weights(path: Path) -> dict[str, Tensor]:
@@ -86,26 +106,59 @@ def read_folder_config(path: Path, *, what: str = "model", kinds: Sequence[str] 
 
 
 def save_checkpoint_dir(path: Path, *, weights: dict[str, Tensor], state: dict[str, Any], config: dict[str, Any]) -> None:
-    """Write ``path/{model.safetensors,train_state.pt,config.json}`` as one atomic swap."""
+    """Write ``path/{model.safetensors,train_state.pt,config.json}`` as one atomic swap.
+
+    The files and the new folder are fsync'ed before the swap, and the parent folder after it. The
+    temporaries of earlier saves that were killed are removed first.
+    """
     path = Path(path)
+    remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.mkdir(parents=True)
     save_weights(tmp / "model.safetensors", weights)
-    torch.save(state, tmp / "train_state.pt")
+    with open(tmp / "train_state.pt", "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
     atomic_write_json(tmp / "config.json", config)
+    _fsync_dir(tmp)
     old = path.with_name(f"{path.name}.old")
     if path.exists():
         if old.exists():
             shutil.rmtree(old)
         os.replace(path, old)
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
 
 
-def find_checkpoint_dir(path: Path) -> Path | None:
-    """The checkpoint at ``path``, or the one a crash mid-swap left at ``path.old``."""
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the ``.NAME.*.tmp`` folders that saves of the checkpoint ``path`` left when killed.
+
+    One process writes a run's checkpoints (rank 0 under torchrun), and it calls this before it
+    saves, so a temporary found then belongs to a save that can no longer finish.
+
+    Returns:
+        The folders removed.
+    """
     path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    stale = [p for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp") if p.is_dir()]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)  # ranks that resume together may race to remove it
+    return stale
+
+
+def find_checkpoint_dir(path: Path) -> Path | None:
+    """The checkpoint at ``path``, or the one a crash mid-swap left at ``path.old``.
+
+    Called when a run resumes, it also removes the temporaries of saves that were killed
+    (:func:`remove_stale_temporaries`): a resume is the first chance to.
+    """
+    path = Path(path)
+    remove_stale_temporaries(path)
     for p in (path, path.with_name(f"{path.name}.old")):
         if (p / "train_state.pt").is_file() and (p / "model.safetensors").is_file():
             return p
