@@ -39,11 +39,29 @@ def test_cider_d_by_hand() -> None:
     assert cider_d(["x", "x"], [["x"], ["x"]]).score == pytest.approx(0.0)
 
 
-def test_cider_d_length_penalty_and_clipping() -> None:
-    refs = [["a big red heart shape"], ["a small blue square box"]]
-    base = cider_d(["a big red heart shape", "a small blue square box"], refs).per_image[0]
-    repeated = cider_d(["a big red heart shape heart heart heart", "a small blue square box"], refs).per_image[0]
-    assert repeated < base  # clipping and the Gaussian length penalty both punish padding
+def test_cider_d_gaussian_length_penalty_by_hand() -> None:
+    # No word repeats, so clipping min(g_hyp, g_ref) changes nothing here; only the length differs. Every
+    # gram occurs in one image's references out of two: idf = log 2 for all. Image 1: hypothesis "a b",
+    # reference "a b c d e f g h". 1-grams: 2 shared of 2 and 8 -> cosine 2 / sqrt(2 * 8) = 1/2; 2-grams:
+    # "a b" of 1 and 7 -> 1/sqrt(7); no 3- or 4-grams in the hypothesis -> 0. The COCO code measures length
+    # in bigrams, 1 against 7: penalty exp(-(1 - 7)^2 / (2 * 6^2)) = exp(-1/2) (Vedantam et al. 2015, CIDEr-D).
+    refs = [["a b c d e f g h"], ["x y"]]
+    got = cider_d(["a b", "x y"], refs)
+    assert got.per_image[0] == pytest.approx(10 * (1 / 2 + 1 / math.sqrt(7)) / 4 * math.exp(-0.5), rel=1e-12)
+    # The penalty is the only length term: with a very wide Gaussian it goes to 1.
+    wide = cider_d(["a b", "x y"], refs, sigma=1e9)
+    assert wide.per_image[0] == pytest.approx(10 * (1 / 2 + 1 / math.sqrt(7)) / 4, rel=1e-12)
+
+
+def test_cider_d_clips_repeated_grams_by_hand() -> None:
+    # Same length (3 words, 2 bigrams each) so the penalty is exp(0) = 1; only clipping matters. Image 1:
+    # hypothesis "a a a", reference "a b c", idf log 2 throughout. 1-grams: the hypothesis weight of "a" is
+    # 3 log 2 but is clipped to the reference's log 2, so the numerator is (log 2)^2 over norms 3 log 2 and
+    # sqrt(3) log 2: 1 / (3 sqrt 3). Unclipped it would be the plain cosine 1/sqrt(3), three times more.
+    # "a a" and "a a a" are not in the reference -> 0.
+    got = cider_d(["a a a", "x y z"], [["a b c"], ["x y z"]])
+    assert got.per_image[0] == pytest.approx(10 * (1 / (3 * math.sqrt(3))) / 4, rel=1e-12)
+    assert got.per_image[1] == pytest.approx(10 * 3 / 4, rel=1e-12)  # 1-, 2-, 3-gram cosines 1, no 4-gram
 
 
 def test_bleu_matches_nltk_worked_example() -> None:

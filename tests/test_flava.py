@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from polymodal import distributed
 from polymodal.data.text import WordTokenizer
 from polymodal.errors import CheckpointError, ConfigError, ShapeError
 from polymodal.flava import (
@@ -35,7 +36,6 @@ from polymodal.flava import (
 )
 from polymodal.losses import (
     IGNORE_INDEX,
-    ClipLoss,
     GlobalContrastiveLoss,
     ImageTextMatchingLoss,
     MaskedImageModelingLoss,
@@ -292,8 +292,39 @@ def test_hard_negatives_follow_the_similarity():
         mine_hard_negatives(torch.zeros(1, 1))
 
 
-def test_global_contrastive_is_clip_loss():
-    assert GlobalContrastiveLoss is ClipLoss
+def _global_contrastive_by_hand(img: torch.Tensor, txt: torch.Tensor, scale: float) -> float:
+    """FLAVA's global contrastive loss written out: mean of image->text and text->image InfoNCE."""
+    n = img.shape[0]
+    s = [[math.exp(scale) * float(img[i] @ txt[j]) for j in range(n)] for i in range(n)]
+    i2t = sum(math.log(sum(math.exp(v) for v in s[i])) - s[i][i] for i in range(n)) / n
+    t2i = sum(math.log(sum(math.exp(s[i][j]) for i in range(n))) - s[j][j] for j in range(n)) / n
+    return (i2t + t2i) / 2
+
+
+def test_global_contrastive_is_the_global_batch_infonce(monkeypatch):
+    g = _gen(3)
+    img = F.normalize(torch.randn(4, 5, generator=g, dtype=D64), dim=-1).requires_grad_(True)
+    txt = F.normalize(torch.randn(4, 5, generator=g, dtype=D64), dim=-1).requires_grad_(True)
+    scale = math.log(1 / 0.07)
+    want = _global_contrastive_by_hand(img.detach(), txt.detach(), scale)
+    single = GlobalContrastiveLoss()(img, txt, torch.tensor(scale, dtype=D64))
+    assert single.item() == pytest.approx(want, rel=1e-12)
+    # "Global" (Singh et al. 2022, sec. 3.2): under 2 processes of 2 rows each, rank 0 scores the gathered
+    # 4 x 4 matrix, not its local 2 x 2 one, and gradients flow back through the gather to rank 1's rows.
+    chunks = {"image_features": img.chunk(2), "text_features": txt.chunk(2)}
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    monkeypatch.setattr(distributed, "all_gather_with_grad", lambda t, *, name: torch.cat(chunks[name]))
+    monkeypatch.setattr(
+        distributed, "all_gather_chunks", lambda t, *, name: [c.detach() for c in chunks[name]]
+    )
+    rank0 = GlobalContrastiveLoss()(chunks["image_features"][0], chunks["text_features"][0], scale)
+    assert rank0.item() == pytest.approx(want, rel=1e-12)
+    local = _global_contrastive_by_hand(img[:2].detach(), txt[:2].detach(), scale)
+    assert rank0.item() != pytest.approx(local)
+    rank0.backward()
+    assert img.grad is not None and txt.grad is not None
+    assert img.grad[2:].abs().sum() > 0 and txt.grad[2:].abs().sum() > 0  # rank 1's rows get gradient
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -69,13 +69,39 @@ def test_loss_is_velocity_regression() -> None:
     assert flow_matching_loss(Exact(), x1, None, generator=torch.Generator().manual_seed(1)).item() < 1e-10  # type: ignore[arg-type]
 
 
+def _euler_by_hand(
+    model: FlowUNet, cond: torch.Tensor, *, steps: int, guidance: float, seed: int
+) -> torch.Tensor:
+    """Euler steps of ``v_u + w (v_c - v_u)`` from the same starting noise, written out (Ho & Salimans 2022)."""
+    n, s = cond.shape[0], model.config.image_size
+    x = torch.randn((n, 3, s, s), generator=torch.Generator().manual_seed(seed))
+    null = model.null_cond.expand(n, -1)
+    with torch.no_grad():
+        for i in range(steps):
+            t = torch.full((n,), i / steps)
+            v_c, v_u = model(x, t, cond), model(x, t, null)
+            x = x + (v_u + guidance * (v_c - v_u)) / steps
+    return x.clamp(-1, 1)
+
+
 def test_guidance_one_equals_conditional_and_shapes() -> None:
     model = _perturbed().eval()
     c = torch.randn(2, 4)
     a = sample_images(model, c, steps=4, guidance=1.0, generator=torch.Generator().manual_seed(0))
+    # w = 1 is the plain conditional model: Euler on v(x, t, c) alone, never touching the null condition.
+    x = torch.randn((2, 3, 8, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for i in range(4):
+            x = x + model(x, torch.full((2,), i / 4), c) / 4
+    torch.testing.assert_close(a, x.clamp(-1, 1), rtol=0, atol=1e-6)
+    # Other weights follow the guided formula; w = 0 is the unconditional model.
+    for w in (0.0, 3.0):
+        got = sample_images(model, c, steps=4, guidance=w, generator=torch.Generator().manual_seed(0))
+        want = _euler_by_hand(model, c, steps=4, guidance=w, seed=0)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     b = sample_images(model, c, steps=4, guidance=3.0, generator=torch.Generator().manual_seed(0))
+    assert (a - b).abs().max() > 1e-2  # guidance changes the samples, so the checks above can tell them apart
     assert a.shape == (2, 3, 8, 8) and a.abs().max() <= 1
-    assert not torch.allclose(a, b)
     u = sample_images(model, None, num=3, steps=2)
     assert u.shape == (3, 3, 8, 8)
     with pytest.raises(ShapeError):

@@ -146,8 +146,23 @@ def test_clip_loss_gradcheck_including_logit_scale() -> None:
     assert torch.autograd.gradcheck(ClipLoss(), (img, txt, logit_scale))
 
 
-def test_info_nce_is_the_clip_loss() -> None:
-    assert InfoNCELoss is ClipLoss
+def test_info_nce_equals_the_symmetric_formula_worked_by_hand() -> None:
+    # x = (e1, e2), y = (e1, (0.6, 0.8)), scale t: the logit matrix is t * [[1, 0.6], [0, 0.8]]. With two
+    # candidates each cross-entropy is log(1 + exp(-(positive - negative))):
+    #   image 1: log(1 + e^{-0.4 t})   image 2: log(1 + e^{-0.8 t})   (rows, image -> text)
+    #   text 1:  log(1 + e^{-t})       text 2:  log(1 + e^{-0.2 t})   (columns, text -> image)
+    # and InfoNCE (van den Oord et al. 2018, eq. 4; CLIP's symmetric form) is the mean of the four. The matrix
+    # is not symmetric, so a loss that uses only one direction, or the rows twice, gets another value.
+    t = 3.0
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    txt = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    by_hand = sum(math.log1p(math.exp(-m * t)) for m in (0.4, 0.8, 1.0, 0.2)) / 4
+    got = InfoNCELoss()(img, txt, torch.tensor(math.log(t), dtype=torch.float64))
+    assert got.item() == pytest.approx(by_hand, rel=1e-12)
+    # Matched features at a large scale drive it to 0; at scale 0 (every logit equal) it is log N.
+    assert InfoNCELoss()(img, img, torch.tensor(math.log(1e3), dtype=torch.float64)).item() < 1e-300
+    flat = InfoNCELoss()(img, txt, torch.tensor(-60.0, dtype=torch.float64))
+    assert flat.item() == pytest.approx(math.log(2))
 
 
 def test_clip_loss_accepts_python_float_and_one_element_scale() -> None:
