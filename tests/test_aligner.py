@@ -280,6 +280,31 @@ def test_the_saved_model_is_the_refit_on_train_and_val(tmp_path, emoji, capsys):
     torch.testing.assert_close(polymodal.load(tmp_path / "run").encode_image(imgs), a.encode_image(imgs))
 
 
+def test_resume_under_other_settings_is_refused_before_any_work(tmp_path, emoji, capsys):
+    # The checkpoint's optimiser and schedule would keep the old lr while config.json recorded the new
+    # one (#16 item 5): a resume under other settings is an error naming them, raised before data loads.
+    manifest = _manifest(tmp_path / "data", emoji, bad=False)
+    assert _cli_train(manifest, tmp_path / "run", "--no-refit") == 0
+    config = (tmp_path / "run" / "config.json").read_text()
+    capsys.readouterr()
+    assert _cli_train(manifest, tmp_path / "run", "--no-refit", "--resume", "--batch-size", "4", "--lr", "0.01") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot resume with other training settings" in err
+    assert "batch_size=8, lr=0.001; this run asks for batch_size=4, lr=0.01" in err
+    assert (tmp_path / "run" / "config.json").read_text() == config
+    # The trainer's own resume checks too; settings that change nothing computed may differ.
+    train = load_pairs(str(manifest), "train")
+    cfg = TrainConfig(epochs=2, batch_size=8, image_views=0, lr=0.01)
+    locked = replace(SMALL, unlock_image=0, unlock_text=0)  # as _cli_train trains it
+    trainer = DualEncoderTrainer(Aligner(locked), train, train, cfg, cache=FeatureCache(None), progress=False)
+    with pytest.raises(ConfigError, match="lr=0.001; this run asks for lr=0.01"):
+        trainer.restore(tmp_path / "run" / "checkpoint")
+    trainer = DualEncoderTrainer(Aligner(locked), train, train, replace(cfg, lr=1e-3, accum_steps=2),
+                                 cache=FeatureCache(None), progress=False)
+    trainer.restore(tmp_path / "run" / "checkpoint")
+    assert trainer.epoch == 2
+
+
 def test_strict_turns_a_bad_row_into_an_error(tmp_path, emoji, capsys):
     manifest = _manifest(tmp_path / "data", emoji, bad=True)
     assert _cli_train(manifest, tmp_path / "run", "--strict") == 2

@@ -25,7 +25,7 @@ from polymodal.models.protocol import DualEncoder
 from polymodal.models.support import build_support_set
 from polymodal.train.checkpoint import atomic_write_json, find_checkpoint_dir
 from polymodal.train.feature_cache import FeatureCache, default_cache_dir
-from polymodal.train.fit import DualEncoderTrainer, FitResult, TrainConfig, seed_everything
+from polymodal.train.fit import DualEncoderTrainer, FitResult, TrainConfig, check_resume, seed_everything
 
 
 @dataclass
@@ -70,6 +70,9 @@ def train_aligner(
     out.mkdir(parents=True, exist_ok=True)
     model_config = model_config or AlignerConfig()
     train_config = train_config or TrainConfig()
+    if resume:  # before any data is read: a resume under other settings is refused (fit.check_resume)
+        for name in ("checkpoint", "refit-checkpoint"):
+            check_resume(out / name, train_config)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     cache = FeatureCache(default_cache_dir() if cache_dir == "default" else cache_dir)
 

@@ -74,6 +74,38 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+# Settings a resumed run may change: they do not change what is computed (accum_steps, local_loss), or
+# act from the resume on and are recorded as the run's (patience, refit). Any other change would be
+# overridden by the checkpoint's optimiser and schedule state while config.json says otherwise.
+RESUMABLE_CHANGES = frozenset({"accum_steps", "local_loss", "patience", "refit"})
+
+
+def check_resume(checkpoint_dir: Path, config: TrainConfig) -> None:
+    """Refuse to resume the checkpoint at ``checkpoint_dir`` (if any) under other training settings.
+
+    Raises:
+        ConfigError: naming each changed setting, its checkpoint value and the one asked for.
+    """
+    found = find_checkpoint_dir(checkpoint_dir)
+    if found is not None:
+        _check_same_settings(found, load_train_state(found), config)
+
+
+def _check_same_settings(found: Path, state: dict[str, Any], config: TrainConfig) -> None:
+    saved = state.get("config")
+    if not isinstance(saved, dict):  # a checkpoint from before settings were saved in it
+        return
+    asked = asdict(config)
+    changed = [k for k, v in asked.items() if k in saved and k not in RESUMABLE_CHANGES and saved[k] != v]
+    if changed:
+        raise ConfigError(
+            f"{found}: cannot resume with other training settings: the checkpoint has "
+            + ", ".join(f"{k}={saved[k]!r}" for k in changed) + "; this run asks for "
+            + ", ".join(f"{k}={asked[k]!r}" for k in changed)
+            + ". Resume with the checkpoint's settings, or train into a new --out folder"
+        )
+
+
 @dataclass
 class FitResult:
     history: list[dict[str, Any]]
@@ -206,6 +238,7 @@ class DualEncoderTrainer:
         if found is None:
             raise ConfigError(f"{path}: no checkpoint to resume from")
         st = load_train_state(found)
+        _check_same_settings(found, st, self.config)
         weights = load_weights(found / "model.safetensors")
         load_trainable(self.model, weights, source=found)
         self.optimizer.load_state_dict(st["optimizer"])
