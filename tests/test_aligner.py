@@ -320,12 +320,17 @@ def test_wrong_column_is_a_one_line_error(tmp_path, capsys):
     assert "\n" not in err and "image" in err and "path, caption" in err
 
 
-def test_zeroshot_and_embed_cli(tmp_path, model, emoji, capsys):
+def _saved_model_and_pngs(tmp_path: Path, model: Aligner, records: list) -> list[str]:
+    """``model`` saved in ``tmp_path/m``; the records' images as PNG files there, their paths."""
     save_model(model, tmp_path / "m")
-    paths = []
-    for r in emoji[:3]:
-        paths.append(str(tmp_path / f"{r.key}.png"))
-        r.image.save(paths[-1])
+    paths = [str(tmp_path / f"{r.key}.png") for r in records]
+    for r, p in zip(records, paths, strict=True):
+        r.image.save(p)
+    return paths
+
+
+def test_zeroshot_and_embed_cli(tmp_path, model, emoji, capsys):
+    paths = _saved_model_and_pngs(tmp_path, model, emoji[:3])
     assert main(["zeroshot", "--model", str(tmp_path / "m"), "--labels", "cat, dog,flag", *paths, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [o["image"] for o in out] == paths
@@ -345,3 +350,51 @@ def test_zeroshot_and_embed_cli(tmp_path, model, emoji, capsys):
     with torch.no_grad():
         expected = model.encode_image([r.image for r in emoji[:3]]).numpy()
     np.testing.assert_allclose(i, expected, atol=1e-5)
+
+
+def test_embed_and_zeroshot_skip_an_unreadable_image_and_say_which_row_is_which(tmp_path, model, emoji, capsys):
+    # One corrupt file used to abort embed and zeroshot for the whole batch, while train and index build
+    # skipped it (#16 item 6). Now all four skip, report it, and stop at it with --strict.
+    paths = _saved_model_and_pngs(tmp_path, model, emoji[:3])
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    inputs = [paths[0], str(corrupt), *paths[1:]]
+    capsys.readouterr()
+
+    assert main(["zeroshot", "--model", str(tmp_path / "m"), "--labels", "cat,dog", *inputs, "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert [o["image"] for o in json.loads(out)] == paths
+    assert "skipped 1 unreadable image(s)" in err and f"{corrupt}: " in err
+    assert main(["zeroshot", "--model", str(tmp_path / "m"), "--labels", "cat,dog", *inputs, "--strict"]) == 2
+    assert f"error: {corrupt}: " in capsys.readouterr().err
+
+    npy = tmp_path / "new" / "folder" / "i.npy"  # a folder that does not exist yet
+    assert main(["embed", "--model", str(tmp_path / "m"), "--images", *inputs, "--out", str(npy)]) == 0
+    assert "skipped 1 unreadable image(s)" in capsys.readouterr().err
+    rows = json.loads(npy.with_suffix(".rows.json").read_text())
+    assert rows["rows"] == paths and [b["source"] for b in rows["skipped"]] == [str(corrupt)]
+    with torch.no_grad():
+        expected = model.encode_image([r.image for r in emoji[:3]]).numpy()
+    np.testing.assert_allclose(np.load(npy), expected, atol=1e-5)
+    assert main(["embed", "--model", str(tmp_path / "m"), "--images", *inputs, "--out", str(tmp_path / "s.npy"),
+                 "--strict"]) == 2
+    assert not (tmp_path / "s.npy").exists()
+
+    texts = tmp_path / "t.txt"
+    texts.write_text("a red heart\ngrinning face\n")
+    assert main(["embed", "--model", str(tmp_path / "m"), "--texts", str(texts), "--out", str(tmp_path / "t")]) == 0
+    assert json.loads((tmp_path / "t.rows.json").read_text())["rows"] == [f"{texts}:1", f"{texts}:2"]
+    assert np.load(tmp_path / "t.npy").shape == (2, SMALL.embed_dim)
+
+
+def test_embed_checks_its_output_before_any_work(tmp_path, model, monkeypatch, capsys):
+    import polymodal.embed
+
+    save_model(model, tmp_path / "m")
+    texts = tmp_path / "t.txt"
+    texts.write_text("a red heart\n")
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setattr(polymodal.embed, "embed_texts", lambda *a, **k: pytest.fail("embedded before the check"))
+    out = tmp_path / "a-file" / "t.npy"  # its folder cannot be made: a file is in the way
+    assert main(["embed", "--model", str(tmp_path / "m"), "--texts", str(texts), "--out", str(out)]) == 2
+    assert "cannot create the output folder" in capsys.readouterr().err

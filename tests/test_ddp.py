@@ -185,6 +185,7 @@ def test_two_process_embed_equals_one(setup, tmp_path):
     assert a.shape == b.shape == (31, a.shape[1])
     np.testing.assert_allclose(b, a, atol=1e-5, rtol=0)
     assert two.stdout.count("wrote") == 1
+    assert json.loads((tmp_path / "two.rows.json").read_text())["rows"] == images  # rank 0 lists every share
 
     two = _polymodal("embed", *model, "--texts", str(texts), "--out", str(tmp_path / "t2.npy"), nproc=2)
     assert two.returncode == 0, two.stderr[-2000:]

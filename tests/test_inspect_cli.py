@@ -93,6 +93,20 @@ def test_inspect_folder_source(tmp_path):
     assert stats.present["text"] == sum(v["text"] for v in folder.modalities.values())
 
 
+def test_inspect_lists_the_files_a_folder_source_ignores(tmp_path):
+    # Files no modality reads were dropped without a word (#16 item 6): they are counted and listed.
+    make_folder_dataset(tmp_path, 6, video=False)
+    for name in ("circle/notes.docx", "square/scan.xyz", "README"):
+        (tmp_path / name).write_text("not data")
+    out = _invoke("data", "inspect", tmp_path)
+    assert "records: 6 good, 0 bad" in out
+    assert "ignored: 3 file(s) of a type no modality reads ((no suffix), .docx, .xyz)" in out
+    assert f"  {tmp_path / 'circle' / 'notes.docx'}" in out
+    stats = json.loads(_invoke("data", "inspect", tmp_path, "--json"))
+    assert sorted(stats["ignored"]) == sorted(str(tmp_path / n) for n in ("README", "circle/notes.docx",
+                                                                          "square/scan.xyz"))
+
+
 def test_summary_and_empty_stats():
     assert Summary.of([]) is None
     s = Summary.of([1.0, 2.0, 6.0])

@@ -122,28 +122,48 @@ def eval_cmd(model_dir, data, split, as_json):
         _print_table(ev.metrics, ev.baselines)
 
 
+def _report_skipped(bad: list, what: str = "unreadable image(s)") -> None:
+    """Skipped inputs on stderr, as `index build` reports them (stdout stays the result)."""
+    if bad:
+        click.echo(f"skipped {len(bad)} {what}:", err=True)
+        for b in bad[:20]:
+            click.echo(f"  {b}", err=True)
+        if len(bad) > 20:
+            click.echo(f"  ... and {len(bad) - 20} more", err=True)
+
+
+STRICT_IMAGES = click.option("--strict", is_flag=True, help="stop at the first unreadable image instead of skipping it")
+
+
 @click.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--labels", required=True, help='comma-separated label texts, e.g. "cat,dog"')
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--support/--no-support", default=True, show_default=True,
               help="mix each label with the images of its nearest training captions (the model's support set)")
+@STRICT_IMAGES
 @click.option("--json", "as_json", is_flag=True)
-def zeroshot(model_dir, labels, images, support, as_json):
-    """Zero-shot labels for images from label text."""
-    from polymodal.data.images import load_image
+def zeroshot(model_dir, labels, images, support, strict, as_json):
+    """Zero-shot labels for images from label text; an unreadable image is skipped and named on stderr."""
+    from polymodal.data.images import load_images
+    from polymodal.errors import DataError
     from polymodal.models.io import load
 
     names = [s.strip() for s in labels.split(",") if s.strip()]
+    loaded = load_images(images, strict=strict)
+    if not loaded.images:
+        raise DataError(images[0] if len(images) == 1 else None,
+                        "no readable image: " + "; ".join(str(b) for b in loaded.bad[:3]))
     model = load(model_dir)
-    pil = [load_image(p) for p in images]
-    results = model.zeroshot(pil, names, support=support)
+    results = model.zeroshot(loaded.images, names, support=support)
+    kept = [images[i] for i in loaded.kept]
     if as_json:
         click.echo(json.dumps([{"image": p, "labels": [{"label": lb, "score": s} for lb, s in r]}
-                               for p, r in zip(images, results)], indent=2))
-        return
-    for p, r in zip(images, results):
-        click.echo(f"{p}: " + ", ".join(f"{lb} {s:.3f}" for lb, s in r[:5]))
+                               for p, r in zip(kept, results)], indent=2))
+    else:
+        for p, r in zip(kept, results):
+            click.echo(f"{p}: " + ", ".join(f"{lb} {s:.3f}" for lb, s in r[:5]))
+    _report_skipped(loaded.bad)
 
 
 @click.command()
@@ -152,49 +172,80 @@ def zeroshot(model_dir, labels, images, support, as_json):
 @click.argument("images", nargs=-1, type=click.Path())
 @click.option("--texts", type=click.Path(exists=True, dir_okay=False), help="a file with one text per line")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="output .npy, (N, D) float32")
-def embed(model_dir, images_mode, images, texts, out):
+@STRICT_IMAGES
+def embed(model_dir, images_mode, images, texts, out, strict):
     """Embed images or texts: an (N, D) float32 array of L2-normalised rows in input order.
 
     polymodal embed --model DIR --images a.png b.png photos/ --out img.npy
     polymodal embed --model DIR --texts captions.txt --out txt.npy
 
-    Under torchrun each process embeds a contiguous share and rank 0 writes the rows in input order.
+    Beside OUT, OUT.rows.json lists the input of each row (an image's path, or captions.txt:LINE) and the
+    images skipped as unreadable. Under torchrun each process embeds a contiguous share and rank 0 writes
+    the rows in input order.
     """
     if images_mode and not images:
         raise click.UsageError("--images needs at least one image file or folder")
     if images and not images_mode:
         raise click.UsageError("image paths given without --images")
-    from polymodal.embed import image_paths
+    from polymodal.embed import image_paths, save_embeddings
     from polymodal.models.io import load
 
     if bool(images) == bool(texts):
         raise click.UsageError("give exactly one of --images or --texts")
     from polymodal.train.ddp import distributed_session, is_main, rank_slices
 
+    npy = _output_file(out)  # before any work: a run must not end in "no such folder"
     with distributed_session() as env:
         model = load(model_dir)
-        items: list = Path(texts).read_text(encoding="utf-8").splitlines() if texts else image_paths(images)
+        items: list = _text_lines(Path(texts)) if texts else image_paths(images)
         share = items[rank_slices(len(items), env.world_size)[env.rank]]
-        arr = _embed_share(model, share, texts=bool(texts), progress=is_main())
+        emb = _embed_share(model, share, texts=bool(texts), progress=is_main(), strict=strict)
         main_process = is_main()
-    if not main_process:
+    if not main_process or emb is None:
         return
+    rows = save_embeddings(npy, emb)
+    click.echo(f"wrote {npy}: {emb.vectors.shape[0]} x {emb.vectors.shape[1]} float32 (rows: {rows})")
+    _report_skipped(emb.bad)
+
+
+def _output_file(out: str) -> Path:
+    """The .npy that ``np.save`` will write for ``out``, its folder created and checked writable."""
+    import os
+
+    from polymodal.errors import DataError
+
+    npy = Path(out if out.endswith(".npy") else out + ".npy")  # np.save adds the suffix itself
+    try:
+        npy.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(npy.parent, f"cannot create the output folder ({e.strerror or e})") from None
+    if not os.access(npy.parent, os.W_OK):
+        raise DataError(npy.parent, "the output folder is not writable")
+    return npy
+
+
+def _text_lines(path: Path) -> list[tuple[str, str]]:
+    """(``"<file>:<line>"``, text) per line of a texts file."""
+    return [(f"{path}:{n}", t) for n, t in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)]
+
+
+def _embed_share(model, share: list, *, texts: bool, progress: bool, strict: bool):
+    """Embed this process's share; under torchrun, rank 0 gets every share's rows in rank order (others: None)."""
     import numpy as np
 
-    np.save(out, arr)
-    click.echo(f"wrote {out}: {arr.shape[0]} x {arr.shape[1]} float32")
-
-
-def _embed_share(model, share: list, *, texts: bool, progress: bool):
-    """Embed this process's share; under torchrun, rank 0 gets every share concatenated in rank order."""
-    import numpy as np
-
-    from polymodal.embed import embed_images, embed_texts
+    from polymodal.embed import Embeddings, embed_images, embed_texts
     from polymodal.train.ddp import gather_to_main
 
-    arr = embed_texts(model, share, progress=progress) if texts else embed_images(model, share, progress=progress)
-    parts = gather_to_main(arr)
-    return None if parts is None else np.concatenate(list(map(np.asarray, parts))).astype(np.float32)
+    if texts:
+        emb = Embeddings(embed_texts(model, [t for _, t in share], progress=progress), [r for r, _ in share])
+    else:
+        emb = embed_images(model, share, progress=progress, strict=strict)
+    gathered = gather_to_main(emb)
+    if gathered is None:
+        return None
+    parts = [p for p in gathered if isinstance(p, Embeddings)]
+    return Embeddings(np.concatenate([np.asarray(p.vectors) for p in parts]).astype(np.float32),
+                      [r for p in parts for r in p.rows], [b for p in parts for b in p.bad])
 
 
 @click.command()

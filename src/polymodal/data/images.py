@@ -16,12 +16,14 @@ import struct
 import warnings
 import zlib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, overload
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from polymodal.data.record import BadRecord
 from polymodal.errors import ConfigError, DataError
 
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000x8000; far above any training resolution, far below a bomb
@@ -94,6 +96,47 @@ def load_image(
             out = im.copy()
     finally:
         im.close()
+    return out
+
+
+@dataclass
+class LoadedImages:
+    """The images of a list of files that could be read, and the files that could not.
+
+    Attributes:
+        images: the decoded images, in input order.
+        kept: for each image, its index in the input list.
+        bad: one :class:`BadRecord` per unreadable file (its path and the problem).
+    """
+
+    images: list[Image.Image] = field(default_factory=list)
+    kept: list[int] = field(default_factory=list)
+    bad: list[BadRecord] = field(default_factory=list)
+
+
+def load_images(
+    paths: Sequence[str | Path], *, strict: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> LoadedImages:
+    """Decode each file with :func:`load_image`; one that cannot be read is skipped and reported.
+
+    The command-line tools that take image files (``embed``, ``zeroshot``) read them through this, as
+    ``train`` and ``index build`` read theirs: a corrupt file among many costs its own result only.
+
+    Args:
+        paths: the files.
+        strict: raise the first file's :class:`DataError` instead of skipping it.
+        max_pixels: size limit passed to :func:`load_image`.
+    """
+    out = LoadedImages()
+    for i, path in enumerate(paths):
+        try:
+            out.images.append(load_image(path, max_pixels=max_pixels))
+        except DataError as e:
+            if strict:
+                raise
+            out.bad.append(BadRecord(source=str(path), problem=e.problem))
+            continue
+        out.kept.append(i)
     return out
 
 

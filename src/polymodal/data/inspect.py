@@ -16,6 +16,7 @@ import textwrap
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
@@ -68,11 +69,13 @@ class SourceStats:
         video_frames: frames in each video's source stream; ``video_seconds``: their durations.
         text_words: text lengths in words (whitespace-separated).
         labels: label (as text) -> count, most common first; records without one are ``unlabelled``.
+        ignored: files a folder source left out because no modality reads their type.
     """
 
     source: str
     records: int = 0
     bad: list[BadRecord] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
     present: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MODALITIES, 0))
     image_width: Summary | None = None
     image_height: Summary | None = None
@@ -100,6 +103,7 @@ class SourceStats:
             "source": self.source,
             "records": self.records,
             "bad": [b.to_dict() for b in self.bad],
+            "ignored": self.ignored,
             "present": self.present,
             "missing_rate": self.missing_rate,
             "image": {"width": s(self.image_width), "height": s(self.image_height), "sizes": self.image_sizes},
@@ -156,6 +160,7 @@ def inspect_source(source: Source, *, top: int = 20) -> SourceStats:
         else:
             labels[str(record.label)] += 1
     stats.bad = list(source.bad)
+    stats.ignored = [str(p) for p in source.ignored]
     stats.image_width, stats.image_height = Summary.of(widths), Summary.of(heights)
     stats.image_sizes = dict(sizes.most_common(top))
     stats.audio_seconds, stats.audio_rates = Summary.of(seconds), dict(rates.most_common())
@@ -174,8 +179,11 @@ def format_stats(stats: SourceStats, *, max_bad: int = 20) -> str:
         return (f"{name:<14} min {_num(s.min)}{unit}  median {_num(s.p50)}{unit}  mean {_num(s.mean)}{unit}  "
                 f"max {_num(s.max)}{unit}  (n={s.count})")
 
-    lines = [f"source: {stats.source}", f"records: {stats.records} good, {len(stats.bad)} bad", "",
-             f"{'modality':<10}{'present':>9}{'missing':>10}"]
+    lines = [f"source: {stats.source}", f"records: {stats.records} good, {len(stats.bad)} bad"]
+    if stats.ignored:
+        types = sorted({PurePath(p).suffix.lower() or "(no suffix)" for p in stats.ignored})
+        lines.append(f"ignored: {len(stats.ignored)} file(s) of a type no modality reads ({', '.join(types)})")
+    lines += ["", f"{'modality':<10}{'present':>9}{'missing':>10}"]
     for m in MODALITIES:
         lines.append(f"{m:<10}{stats.present[m]:>9}{stats.missing_rate[m]:>10.1%}")
     lines.append("")
@@ -192,11 +200,12 @@ def format_stats(stats: SourceStats, *, max_bad: int = 20) -> str:
     if stats.labels:
         lines.append(f"labels         {len(stats.labels)} shown, {stats.unlabelled} unlabelled: "
                      + ", ".join(f"{k} ({v})" for k, v in stats.labels.items()))
-    if stats.bad:
-        lines += ["", f"bad records ({len(stats.bad)}):"]
-        lines += [f"  {b}" for b in stats.bad[:max_bad]]
-        if len(stats.bad) > max_bad:
-            lines.append(f"  ... and {len(stats.bad) - max_bad} more (use --json for all)")
+    for title, items in ((f"bad records ({len(stats.bad)}):", [str(b) for b in stats.bad]),
+                         (f"ignored files ({len(stats.ignored)}):", stats.ignored)):
+        if items:
+            lines += ["", title, *(f"  {x}" for x in items[:max_bad])]
+            if len(items) > max_bad:
+                lines.append(f"  ... and {len(items) - max_bad} more (use --json for all)")
     return "\n".join(lines)
 
 

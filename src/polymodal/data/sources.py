@@ -62,6 +62,8 @@ class Source(ABC):
         check: with ``decode=False``, still decode each file once to find the bad ones.
         strict: raise :class:`DataError` at the first bad record instead of skipping it.
         bad: the records skipped by the latest pass.
+        ignored: files the latest pass left out because no modality reads their type (a folder's
+            ``notes.docx``); not records, so not bad, but listed so that nothing is dropped unsaid.
     """
 
     def __init__(self, spec: str, *, decode: bool = True, check: bool = True, strict: bool = False) -> None:
@@ -70,6 +72,7 @@ class Source(ABC):
         self.check = check
         self.strict = strict
         self.bad: list[BadRecord] = []
+        self.ignored: list[Path] = []
 
     @abstractmethod
     def _items(self) -> Iterator[Record | BadRecord]:
@@ -249,7 +252,7 @@ class FolderSource(Source):
     """A folder of files in the ``label/file.ext`` layout; see the module docstring.
 
     Files are visited in sorted order; hidden files and folders (a leading ``.``) and files with an
-    unknown suffix are left out (the latter are listed in ``ignored`` after a pass). The key is the path
+    unknown suffix are left out (the latter are listed in ``ignored`` after a pass, and by ``data inspect``). The key is the path
     relative to the root without its suffix (``"cat/001"``); ``source`` is the first file of the record.
     """
 
@@ -258,7 +261,6 @@ class FolderSource(Source):
         self.root = Path(os.path.abspath(spec))
         if not self.root.is_dir():
             raise DataError(spec, "no such folder" if not self.root.exists() else "not a folder")
-        self.ignored: list[Path] = []
 
     def _groups(self) -> Iterator[tuple[str, list[Path]]]:
         """(key, files) per record, in sorted order; one folder in memory at a time."""
