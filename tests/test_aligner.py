@@ -398,3 +398,33 @@ def test_embed_checks_its_output_before_any_work(tmp_path, model, monkeypatch, c
     out = tmp_path / "a-file" / "t.npy"  # its folder cannot be made: a file is in the way
     assert main(["embed", "--model", str(tmp_path / "m"), "--texts", str(texts), "--out", str(out)]) == 2
     assert "cannot create the output folder" in capsys.readouterr().err
+
+
+def test_eval_says_which_rows_it_scored_and_can_score_all(tmp_path, model, emoji, capsys):
+    # eval --data my.csv scored a hash-chosen test split without a word (#16 item 7).
+    save_model(model, tmp_path / "m")
+    manifest = _manifest(tmp_path / "data", emoji, bad=False)
+    args = ["eval", "--model", str(tmp_path / "m"), "--data", str(manifest)]
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    sizes = {s: len(load_pairs(str(manifest), s)) for s in ("train", "val", "test")}
+    assert (f"scored {sizes['test']} pairs of the test split (rows per split: train {sizes['train']}, "
+            f"val {sizes['val']}, test {sizes['test']}; assigned by a hash of each image path") in out
+    assert "--split all scores every row" in out
+    assert main([*args, "--split", "all", "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["size"] == len(emoji) + 1 == sum(report["split_sizes"].values()) and report["split_by"] == "hash"
+    assert "figures on every row are not held out" in captured.err
+
+    # A split column chooses the rows; a value that names no split is a bad row, not a silent drop.
+    rows = manifest.read_text().splitlines()
+    column = ["train", "val", "test"] * len(rows)
+    text = "\n".join([rows[0] + ",split"] + [f"{r},{column[i]}" for i, r in enumerate(rows[1:-1])]
+                     + [rows[-1] + ",validation"]) + "\n"
+    manifest.write_text(text)
+    assert main([*args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["split_by"] == "column" and report["size"] == report["split_sizes"]["test"] == (len(rows) - 2) // 3
+    assert [b["problem"] for b in report["bad_records"]] == ["split 'validation' is not one of train, val, test"]

@@ -94,7 +94,8 @@ def demo(out, resume, as_json):
 @click.command("eval")
 @click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--data", default="builtin:openmoji", show_default=True)
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test", "all"]),
+              help="which rows to score; a manifest's 'split' column assigns them, else a hash of the image path")
 @click.option("--json", "as_json", is_flag=True)
 def eval_cmd(model_dir, data, split, as_json):
     """Evaluate a model: retrieval R@k, zero-shot per label kind, linear probe (with train/val)."""
@@ -105,21 +106,40 @@ def eval_cmd(model_dir, data, split, as_json):
     from polymodal.train.feature_cache import FeatureCache, default_cache_dir
 
     model = load(model_dir)
-    trained = read_folder_config(Path(model_dir)).get("train", {})
-    if split != "test" and trained.get("refit"):
-        click.echo(f"note: {model_dir} was refit on the train and val splits; its {split} figures are not held out",
+    refit = bool(read_folder_config(Path(model_dir)).get("train", {}).get("refit"))
+    if split in ("train", "all") or (split == "val" and refit):
+        trained_on = "the train and val splits" if refit else "the train split"
+        click.echo(f"note: {model_dir} was trained on {trained_on}; its figures on {_rows(split)} are not held out",
                    err=True)
+    sizes = _split_sizes(data)
     cache = FeatureCache(default_cache_dir())
-    test = load_pairs(data, split)
+    test = load_pairs(data, None if split == "all" else split)
     train_ps = load_pairs(data, "train") if split == "test" else None
     val_ps = load_pairs(data, "val") if split == "test" else None
     ev = evaluate_aligner(model, test, cache=cache, train=train_ps, val=val_ps,
                           support=getattr(model, "support", None), progress=not as_json)
     if as_json:
         click.echo(json.dumps({"split": split, "size": len(test), "metrics": ev.metrics, "baselines": ev.baselines,
+                               "split_sizes": None if sizes is None else sizes.sizes,
+                               "split_by": None if sizes is None else ("column" if sizes.by_column else "hash"),
                                "bad_records": [b.to_dict() for b in test.bad]}, indent=2))
-    else:
-        _print_table(ev.metrics, ev.baselines)
+        return
+    # Which rows were scored, out of how many: a manifest without a split column is split by a hash.
+    click.echo(f"{data}: scored {len(test)} pairs of {_rows(split)}"
+               + ("" if sizes is None else f" ({sizes.describe()}; --split all scores every row)"))
+    _print_table(ev.metrics, ev.baselines)
+    _report_skipped(test.bad, "bad record(s)")
+
+
+def _rows(split: str) -> str:
+    return "every row" if split == "all" else f"the {split} split"
+
+
+def _split_sizes(data: str):
+    """A manifest's rows per split and what assigned them (None for a built-in set)."""
+    from polymodal.data.pairs import split_sizes
+
+    return None if data.startswith("builtin:") else split_sizes(data)
 
 
 def _report_skipped(bad: list, what: str = "unreadable image(s)") -> None:

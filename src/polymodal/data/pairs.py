@@ -3,22 +3,32 @@
 A source is ``builtin:openmoji`` or a path to a ``.csv``/``.jsonl``/``.parquet`` manifest with ``image`` and
 ``text`` columns (image paths relative to the manifest). Rows that cannot be used are skipped, counted and
 kept in ``PairSet.bad`` so the run's report can name them; ``strict=True`` makes the first one an error.
+
+A manifest's optional ``split`` column (``train``, ``val`` or ``test``) puts each row in a split; without
+it, rows are assigned by a hash of the image path relative to the manifest (about 75/10/15 per cent,
+stable when the folder moves or rows are added). :func:`split_sizes` says which, and how many rows each
+split has.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from polymodal.data.captions import caption_variants
 from polymodal.data.images import ImageFiles, image_content_hash, load_image
-from polymodal.data.record import BadRecord
+from polymodal.data.record import BadRecord, Record
 from polymodal.errors import ConfigError, DataError
 
+if TYPE_CHECKING:
+    from polymodal.data.manifest import PairsSource
+
 SPLITS = ("train", "val", "test")
+SPLIT_COLUMN = "split"  # a manifest column that chooses each row's split
 
 
 @dataclass
@@ -48,9 +58,10 @@ class PairSet:
         """The pairs at ``indices``, in that order (image files stay undecoded); no bad records."""
         images = (self.images.take(indices) if isinstance(self.images, ImageFiles)
                   else [self.images[i] for i in indices])
-        return PairSet(name=self.name, images=images, captions=[self.captions[i] for i in indices],
+        # replace() keeps any other field (the set's name, what it defines) as it is.
+        return replace(self, images=images, captions=[self.captions[i] for i in indices],
                        keys=[self.keys[i] for i in indices],
-                       labels={k: [v[i] for i in indices] for k, v in self.labels.items()})
+                       labels={k: [v[i] for i in indices] for k, v in self.labels.items()}, bad=[])
 
 
 def concat_pairs(*sets: PairSet, name: str | None = None) -> PairSet:
@@ -90,6 +101,58 @@ def _openmoji(split: str | None) -> PairSet:
     )
 
 
+@dataclass
+class SplitSizes:
+    """A manifest's rows per split (before its images are checked), and what assigned them."""
+
+    sizes: dict[str, int]
+    by_column: bool  # the manifest's split column; else a hash of each image path
+    unassigned: int = 0  # rows whose split cell names no split (bad rows)
+
+    def describe(self) -> str:
+        sizes = ", ".join(f"{s} {n}" for s, n in self.sizes.items())
+        if self.unassigned:
+            sizes += f", none {self.unassigned} (a split cell that is not train, val or test)"
+        how = ("by its split column" if self.by_column
+               else "by a hash of each image path (a 'split' column chooses them instead)")
+        return f"rows per split: {sizes}; assigned {how}"
+
+
+def split_sizes(path: str | Path) -> SplitSizes:
+    """How many rows of the manifest at ``path`` fall in each split, without decoding any image."""
+    from polymodal.data.manifest import read_pairs
+
+    source = read_pairs(path, check_images=False)
+    sizes = {s: len(_select(source, s, bad=[], strict=False)) for s in SPLITS}
+    return SplitSizes(sizes, by_column=_has_split_column(source.records),
+                      unassigned=len(source.records) - sum(sizes.values()))
+
+
+def _has_split_column(records: list[Record]) -> bool:
+    return any(SPLIT_COLUMN in r.extra for r in records)
+
+
+def _select(source: PairsSource, split: str | None, *, bad: list[BadRecord], strict: bool) -> list[Record]:
+    """The records of one split (``None``: all); a split cell that names no split is a bad row."""
+    from polymodal.data.manifest import bad_file
+
+    if split is None:
+        return source.records
+    if not _has_split_column(source.records):  # by a hash of the relative image path: stable when it moves
+        return source.split(split)  # type: ignore[arg-type]
+    chosen = []
+    for r in source.records:
+        value = r.extra.get(SPLIT_COLUMN)
+        if value == split:
+            chosen.append(r)
+        elif value not in SPLITS:  # would be in no split: said, not dropped
+            problem = f"split {value!r} is not one of {', '.join(SPLITS)}"
+            if strict:
+                raise DataError(r.source, problem)
+            bad.append(bad_file(r, r.source, problem))
+    return chosen
+
+
 def _manifest(path: Path, split: str | None, *, strict: bool, max_pixels: int) -> PairSet:
     from polymodal.data.manifest import bad_file, read_pairs
 
@@ -98,13 +161,7 @@ def _manifest(path: Path, split: str | None, *, strict: bool, max_pixels: int) -
     paths: list[Path] = []
     hashes: list[str] = []
     captions, keys, labels = [], [], []
-    if split is None:
-        chosen = source.records
-    elif any("split" in r.extra for r in source.records):  # the manifest says
-        chosen = [r for r in source.records if r.extra.get("split") == split]
-    else:  # by a hash of the image path relative to the manifest: stable when the folder moves
-        chosen = source.split(split)  # type: ignore[arg-type]
-    for r in chosen:
+    for r in _select(source, split, bad=bad, strict=strict):
         try:
             # Decoded once to find the bad files and hash the pixels (the feature cache's key), then let go.
             hashes.append(image_content_hash(load_image(r.image, max_pixels=max_pixels)))
