@@ -25,6 +25,7 @@ from polymodal.flava import (
     PretrainConfig,
     VqaConfig,
     VqaTensors,
+    evaluate_itm,
     evaluate_vqa,
     finetune_vqa,
     image_embeddings,
@@ -441,6 +442,51 @@ def test_a_tiny_pretraining_run_lowers_the_loss():
     assert result.steps == 15 and len(result.history) == 15
     assert after < 0.8 * before, (before, after)
     assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+
+def _angle(h: torch.Tensor) -> torch.Tensor:
+    return torch.cat([(0.3 * h).cos(), (0.3 * h).sin()], dim=-1)  # (B, 2), unit norm
+
+
+class _IdentityMatcher(torch.nn.Module):
+    """A stand-in FlavaModel over 1-pixel "images" and 1-token "texts" that each carry an id.
+
+    The contrastive embedding of id ``k`` is ``(cos 0.3k, sin 0.3k)``, so hard negatives are nearby ids, and
+    the ITM logit is ``sign * (0.5 - |id_image - id_text|)``: with ``sign = 1`` exactly the true pairs
+    are positive, with ``sign = 0`` every logit is 0 (said "unmatched").
+    """
+
+    def __init__(self, sign: float) -> None:
+        super().__init__()
+        self.sign = sign
+        self.contrastive = torch.nn.Module()
+        self.contrastive.image = self.contrastive.text = _angle  # type: ignore[assignment]
+        self.contrastive.logit_scale = torch.tensor(0.0)  # type: ignore[assignment]
+        self.itm_head = lambda x: self.sign * (0.5 - x[:, 0].abs())
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return images.reshape(-1, 1, 1)  # (B, 1, 1): the id
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return ids.to(torch.float64).reshape(-1, 1, 1)
+
+    def fuse(self, image_h: torch.Tensor, text_h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return image_h - text_h  # [CLS_M] = id difference
+
+
+def test_evaluate_itm_counts_matched_and_unmatched_pairs():
+    ids = torch.arange(10, dtype=torch.float64)
+    images, texts, mask = ids.reshape(10, 1, 1, 1), ids.long().reshape(10, 1), torch.ones(10, 1)
+    for negatives in ("hard", "random"):
+        oracle = evaluate_itm(_IdentityMatcher(1.0), images, texts, mask, negatives=negatives, batch_size=4)
+        # Batches of 4, 4 and 2 pairs: 10 true pairs and 10 negatives, all classified right.
+        assert (oracle.accuracy, oracle.matched, oracle.unmatched, oracle.pairs) == (1.0, 1.0, 1.0, 10)
+        blind = evaluate_itm(_IdentityMatcher(0.0), images, texts, mask, negatives=negatives, batch_size=4)
+        assert (blind.accuracy, blind.matched, blind.unmatched) == (0.5, 0.0, 1.0)
+    # A last batch of one pair has no negative to draw and is left out.
+    assert evaluate_itm(_IdentityMatcher(1.0), images[:9], texts[:9], mask[:9], batch_size=4).pairs == 8
+    with pytest.raises(ConfigError):
+        evaluate_itm(_IdentityMatcher(1.0), images, texts, mask, negatives="easy")  # type: ignore[arg-type]
 
 
 def _vqa_split(n: int, seed: int) -> VqaTensors:

@@ -11,6 +11,7 @@ from polymodal.flava.data import SPECIAL_IDS, build_vocabulary, pixels, tokenize
 from polymodal.flava.heads import ContrastiveHead, MatchingHead, PredictionHead
 from polymodal.flava.image_encoder import FlavaImageEncoder
 from polymodal.flava.io import FlavaCheckpoint, load_flava, save_flava
+from polymodal.flava.matching import MatchingAccuracy, evaluate_itm
 from polymodal.flava.model import FlavaModel
 from polymodal.flava.multimodal_encoder import FlavaMultimodalEncoder
 from polymodal.flava.pretrain import FlavaObjectives, PretrainLosses, PretrainResult, param_groups, pretrain
@@ -38,6 +39,7 @@ __all__ = [
     "FlavaMultimodalEncoder",
     "FlavaObjectives",
     "FlavaTextEncoder",
+    "MatchingAccuracy",
     "MatchingHead",
     "PredictionHead",
     "PretrainConfig",
@@ -47,6 +49,7 @@ __all__ = [
     "VqaResult",
     "VqaTensors",
     "build_vocabulary",
+    "evaluate_itm",
     "evaluate_vqa",
     "finetune_vqa",
     "image_embeddings",
