@@ -113,7 +113,7 @@ def test_summary_and_empty_stats():
     assert (s.count, s.min, s.p50, s.mean, s.max) == (3, 1.0, 2.0, 3.0, 6.0)
 
     class Empty:
-        spec, bad = "nothing", []
+        spec, bad, ignored = "nothing", [], []
 
         def __iter__(self):
             return iter(())
