@@ -149,10 +149,19 @@ def test_training_lowers_the_loss_and_resume_is_exact(tmp_path, emoji):
     losses = [h["train_loss"] for h in fit_a.history]
     assert losses[-1] < losses[0]
 
-    # Crash after epoch 2 (simulated: a run of 2 epochs with the same schedule), then resume to 3.
+    # Crash right after epoch 2's checkpoint, then resume to 3. (The checkpoint keeps the run's settings,
+    # epochs=3 included: a resume under other settings is refused.)
     model_b, tr_b = _tiny_train(tmp_path, emoji, epochs=3)
-    tr_b.config = replace(tr_b.config, epochs=2)
-    tr_b.fit(tmp_path / "ckpt_b")
+    save = tr_b.save
+
+    def save_then_crash(path: Path, model_config: dict) -> None:
+        save(path, model_config)
+        if tr_b.epoch == 2:
+            raise KeyboardInterrupt
+
+    tr_b.save = save_then_crash  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        tr_b.fit(tmp_path / "ckpt_b")
     model_c, tr_c = _tiny_train(tmp_path, emoji, epochs=3)
     fit_c = tr_c.fit(tmp_path / "ckpt_b", resume=True)
     assert [h["epoch"] for h in fit_c.history] == [1, 2, 3]
