@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import threading
+import time
 import zlib
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -122,6 +125,127 @@ def test_zeroshot_matches_the_model(setup):
     assert sorted(d["label"] for d in default) == ["blue", "green", "red"]
 
 
+# --- zero-shot under load: cached label embeddings, bounded passes, no blocking (items 8 and 13) -----------
+
+
+class LabelSpy:
+    """Stands in for the text tower on prompts of labels named ``zz...``: records each pass, can hold it at
+    an event, and answers with fixed random unit vectors (the real tower would take minutes for 512 labels);
+    every other text goes to the real tower."""
+
+    def __init__(self, m, *, hold: bool = False) -> None:
+        self.real = m.encode_text
+        self.dim = m.config.embed_dim
+        self.calls: list[list[str]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        if not hold:
+            self.release.set()
+
+    def __call__(self, texts, *, normalize: bool = True, **kwargs):
+        texts = list(texts)
+        if not any("zz" in t for t in texts):
+            return self.real(texts, normalize=normalize, **kwargs)
+        self.calls.append(texts)
+        self.entered.set()
+        assert self.release.wait(120), "the test never released the label pass"
+        rows = [torch.randn(self.dim, generator=torch.Generator().manual_seed(zlib.crc32(t.encode()))) for t in texts]
+        return torch.nn.functional.normalize(torch.stack(rows), dim=-1)
+
+    def prompts(self) -> list[str]:
+        return [t for call in self.calls for t in call]
+
+
+def in_thread(fn) -> tuple[threading.Thread, dict]:
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.setdefault("result", fn()), daemon=True)
+    t.start()
+    return t, out
+
+
+def test_a_512_label_zeroshot_does_not_block_a_text_query(setup, monkeypatch):
+    client, searcher, paths = setup[:3]
+    spy = LabelSpy(searcher.model, hold=True)
+    monkeypatch.setattr(searcher.model, "encode_text", spy)
+    labels = ",".join(f"zz{i}" for i in range(512))
+    data = paths[0].read_bytes()
+    zs, zs_out = in_thread(lambda: client.post("/api/zeroshot", params={"labels": labels},
+                                               files={"file": ("q.png", data, "image/png")}))
+    try:
+        assert spy.entered.wait(60), "the zero-shot request never reached the text tower"
+        # A text query never seen before needs the text tower too; it must not wait for the 512 labels.
+        q, q_out = in_thread(lambda: client.get("/api/search", params={"q": "a never seen query 8"}))
+        q.join(60)
+        assert not q.is_alive(), "the text query waited behind the zero-shot label pass"
+        assert q_out["result"].status_code == 200 and q_out["result"].json()["hits"]
+        assert client.get("/api/info").status_code == 200
+        assert zs.is_alive(), "the zero-shot request finished early: the test proves nothing"
+    finally:
+        spy.release.set()
+        zs.join(120)
+    got = zs_out["result"].json()["labels"]
+    assert zs_out["result"].status_code == 200 and len(got) == 512
+    assert sorted(spy.prompts()) == sorted({t for t in spy.prompts()})  # each prompt embedded once
+    # Work per text-tower pass is bounded: 512 labels go through in small passes, not one 3,584-prompt pass.
+    assert len(spy.calls) > 1 and max(len(c) for c in spy.calls) <= 256
+
+
+def test_label_embeddings_are_cached_per_label(setup, monkeypatch):
+    client, searcher, paths = setup[:3]
+    spy = LabelSpy(searcher.model)
+    monkeypatch.setattr(searcher.model, "encode_text", spy)
+    data = paths[0].read_bytes()
+
+    def zeroshot(labels: str) -> list[str]:
+        r = client.post("/api/zeroshot", params={"labels": labels}, files={"file": ("q.png", data, "image/png")})
+        assert r.status_code == 200, r.text
+        return [x["label"] for x in r.json()["labels"]]
+
+    zeroshot("zzcat,zzdog,zzcow")
+    per_label = len(spy.prompts()) // 3
+    assert per_label == len(searcher.templates)
+    spy.calls.clear()
+    zeroshot("zzdog,zzcow,zzhen")  # another list sharing two labels: only the new label is embedded
+    assert {t for t in spy.prompts()} == {t.replace("{c}", "zzhen") for t in searcher.templates}
+    spy.calls.clear()
+    assert sorted(zeroshot("zzhen,zzcow,zzdog,zzcat")) == ["zzcat", "zzcow", "zzdog", "zzhen"]
+    assert spy.calls == []
+
+
+def test_more_than_512_index_labels_still_give_zeroshot_and_uploads(tmp_path_factory, monkeypatch):
+    tmp = tmp_path_factory.mktemp("many-labels")
+    make_images(tmp / "imgs", 1)
+    many = [f"zz label {i}" for i in range(600)]
+    update_index(model(0), tmp / "idx", sources_from_images([tmp / "imgs"]), sync=True, labels=many)
+    searcher = Searcher(SearchIndex.open(tmp / "idx"), model(0))
+    spy = LabelSpy(searcher.model, hold=True)
+    monkeypatch.setattr(searcher.model, "encode_text", spy)
+    app = create_app(searcher, ServerConfig(uploads=LIMITS))
+    data = (tmp / "imgs" / "red" / "000.png").read_bytes()
+    try:
+        with TestClient(app, base_url=BASE, raise_server_exceptions=False) as client:
+            assert spy.entered.wait(60), "the server did not start embedding its 600 default labels"
+            # While they are being embedded: a clear 503 for zero-shot, and image search still works.
+            r = client.post("/api/zeroshot", files={"file": ("q.png", data, "image/png")})
+            assert_json_error(r, 503, "600")
+            assert int(r.headers["retry-after"]) > 0
+            r = client.post("/api/search/image", files={"file": ("q.png", data, "image/png")})
+            assert r.status_code == 200 and r.json()["hits"]
+            spy.release.set()
+            deadline = time.monotonic() + 120
+            while client.get("/api/info").json()["zeroshot_labels_ready"] < 600:
+                assert time.monotonic() < deadline, "the default labels were never embedded"
+                time.sleep(0.05)
+            r = client.post("/api/zeroshot", params={"top": 5}, files={"file": ("q.png", data, "image/png")})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert len(body["labels"]) == 5 and body["count"] == 600
+            assert {x["label"] for x in body["labels"]} <= set(many)
+    finally:
+        spy.release.set()
+        searcher.close()
+
+
 # --- items -----------------------------------------------------------------------------------------
 
 
@@ -208,6 +332,42 @@ def test_too_many_pixels_is_refused_before_decoding(setup):
     assert len(data) < LIMITS.max_bytes
     r = setup[0].post("/api/search/image", files={"file": ("bomb.png", data, "image/png")})
     assert_json_error(r, 413, "4000x4000")
+
+
+def test_concurrent_uploads_are_decoded_at_most_max_decodes_at_a_time(setup, monkeypatch):
+    import polymodal.search.server as server_mod
+
+    searcher, paths = setup[1], setup[2]
+    uploads = 6
+    state = {"active": 0, "most": 0}
+    cond = threading.Condition()
+    real = server_mod.check_upload
+
+    def counting_decode(*args, **kwargs):
+        with cond:
+            state["active"] += 1
+            state["most"] = max(state["most"], state["active"])
+            cond.notify_all()
+            # Hold this decode until a third one runs beside it (unbounded: at once) or a while has passed
+            # (bounded: it never comes). The wait decides only how long the test takes, never its outcome.
+            cond.wait_for(lambda: state["active"] > 2, timeout=1.5)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with cond:
+                state["active"] -= 1
+
+    monkeypatch.setattr(server_mod, "check_upload", counting_decode)
+    app = create_app(searcher, ServerConfig(uploads=UploadLimits(max_bytes=200_000, max_pixels=1_000_000,
+                                                                 max_decodes=2)))
+    data = paths[0].read_bytes()
+    with TestClient(app, base_url=BASE) as client:
+        threads = [in_thread(lambda: client.post("/api/search/image", files={"file": ("q.png", data, "image/png")}))
+                   for _ in range(uploads)]
+        for t, _ in threads:
+            t.join(120)
+    assert [out["result"].status_code for _, out in threads] == [200] * uploads
+    assert state["most"] == 2
 
 
 @pytest.mark.parametrize("data,status", [

@@ -2,8 +2,13 @@
 
 A :class:`Searcher` pairs an open :class:`~polymodal.search.index.SearchIndex` with a model and refuses
 a model whose id differs from the index's, since vectors of two models live in unrelated spaces and the
-results would be noise that looks like an answer. Text embeddings of recent queries and zero-shot
-classifiers of recent label lists are cached (a server sees the same queries again and again).
+results would be noise that looks like an answer. Text embeddings of recent queries and the class vectors
+of zero-shot labels are cached, per label, for as long as the searcher keeps its model (a server sees the
+same queries and labels again and again, in ever new lists).
+
+Model work runs in two lanes, each one forward pass at a time: queries (a sentence, an image) and labels
+(prompt-ensembled class vectors, :data:`LABEL_BATCH` labels per pass). A request with 512 new labels thus
+never holds up a text query, and no single pass grows with the request.
 """
 
 from __future__ import annotations
@@ -20,11 +25,27 @@ import torch
 from PIL import Image
 
 from polymodal.data.images import DEFAULT_MAX_PIXELS, load_image
-from polymodal.errors import ConfigError
-from polymodal.search.index import Hit, ItemFilter, SearchIndex
+from polymodal.errors import ConfigError, PolymodalError
+from polymodal.search.index import Hit, ItemFilter, SearchIndex, chunks
 
-MAX_LABELS = 512  # a zero-shot request with more labels than this is refused (each costs text-tower passes)
+MAX_LABELS = 512  # most labels a zero-shot request may name, and most new ones it may have embedded
 MAX_TEXT_CHARS = 1000
+LABEL_BATCH = 32  # labels per text-tower pass (x templates prompts): bounds one pass's time and memory
+
+
+class LabelsNotReady(PolymodalError):
+    """More labels lack an embedding than one request may embed; they are being embedded in the background.
+
+    Attributes:
+        missing: labels without a cached embedding.
+        total: labels asked for.
+    """
+
+    def __init__(self, missing: int, total: int) -> None:
+        self.missing = missing
+        self.total = total
+        super().__init__(f"zero-shot labels are still being embedded: {total - missing} of {total} ready; "
+                         "try again shortly")
 
 
 @dataclass
@@ -58,13 +79,14 @@ class Searcher:
         model: a polymodal model whose ``model_id`` is the index's (``polymodal.load`` sets it).
         templates: prompt templates for zero-shot (default: polymodal.eval.templates.DEFAULT_TEMPLATES).
         cache_size: text queries whose embeddings are kept.
+        label_cache_size: zero-shot labels whose class vectors are kept.
 
     Raises:
         ConfigError: the model is not the one that built the index (the message names both ids).
     """
 
     def __init__(self, index: SearchIndex, model: Any, *, templates: Sequence[str] | None = None,
-                 cache_size: int = 1024, model_name: str = "the query model") -> None:
+                 cache_size: int = 1024, label_cache_size: int = 8192, model_name: str = "the query model") -> None:
         index.check_model(getattr(model, "model_id", None), model_name=model_name)
         from polymodal.eval.templates import DEFAULT_TEMPLATES
 
@@ -72,9 +94,14 @@ class Searcher:
         self.model = model.eval()
         self.templates = list(templates or DEFAULT_TEMPLATES)
         self._cache_size = cache_size
+        self._label_cache_size = label_cache_size
         self._texts: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._classifiers: OrderedDict[tuple[str, ...], torch.Tensor] = OrderedDict()
-        self._model_lock = threading.Lock()  # one forward pass at a time; torch already uses every core for one
+        self._labels: OrderedDict[str, torch.Tensor] = OrderedDict()  # label -> (D,) class vector
+        self._classifiers: OrderedDict[tuple[str, ...], torch.Tensor] = OrderedDict()  # (D, C) of whole lists
+        # One forward pass at a time per lane (torch already spreads one pass over the cores); the two lanes
+        # run side by side, so label work never queues a query.
+        self._query_lock = threading.Lock()
+        self._label_lock = threading.Lock()
         self._cache_lock = threading.Lock()  # cache hits never wait for a forward pass
 
     @classmethod
@@ -107,7 +134,7 @@ class Searcher:
                 self._texts.move_to_end(t)
         todo = [t for t in dict.fromkeys(texts) if t not in found]
         if todo:
-            with self._model_lock, torch.no_grad():
+            with self._query_lock, torch.no_grad():
                 vecs = self.model.encode_text(todo, normalize=True).float().cpu().numpy()  # (U, D)
             fresh = dict(zip(todo, vecs))
             with self._cache_lock:
@@ -123,7 +150,7 @@ class Searcher:
     def embed_image(self, image: Image.Image | str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         """(1, D) float32 unit vector of one image (a PIL image, a file, or encoded bytes)."""
         im = image if isinstance(image, Image.Image) else load_image(image, max_pixels=max_pixels)
-        with self._model_lock, torch.no_grad():
+        with self._query_lock, torch.no_grad():
             return self.model.encode_image([im], normalize=True).float().cpu().numpy()
 
     # ------------------------------------------------------------- queries
@@ -150,33 +177,78 @@ class Searcher:
         """Zero-shot label probabilities for an image, best first; ``labels`` default to the index's.
 
         Same computation as the model's own ``zeroshot`` (prompt-ensembled class embeddings, softmax of
-        the scaled cosine similarities, CLIP sec. 3.1.4), with the classifier cached per label list.
+        the scaled cosine similarities, CLIP sec. 3.1.4), with the class vectors cached per label.
         """
-        names = _check_labels(labels if labels is not None else self.index.default_labels())
-        w = self._classifier(tuple(names))  # (D, C)
-        z = torch.from_numpy(self.embed_image(image))  # (1, D)
+        names = self.zeroshot_labels(labels)
+        return self.rank_labels(self.embed_image(image), names, self.label_classifier(names))
+
+    def zeroshot_labels(self, labels: Sequence[str] | None = None) -> list[str]:
+        """The checked, de-duplicated labels of a zero-shot query: ``labels``, or the index's default list.
+
+        Raises:
+            ConfigError: no labels, a label over 200 characters, or more than :data:`MAX_LABELS` given ones
+                (the index's own list may be longer: it is embedded once, in the background, by the server).
+        """
+        if labels is None:
+            return _check_labels(self.index.default_labels(), limit=None)
+        return _check_labels(labels, limit=MAX_LABELS)
+
+    def label_classifier(self, names: Sequence[str], *, max_new: int | None = None) -> torch.Tensor:
+        """(D, C) class vectors of ``names`` (columns unit-norm), embedding the ones not cached yet.
+
+        Labels are embedded :data:`LABEL_BATCH` at a time in the label lane, each pass committed to the
+        cache at once, so concurrent requests share the work and an interrupted one keeps what it did.
+
+        Args:
+            names: distinct labels (as :meth:`zeroshot_labels` returns them).
+            max_new: refuse (:class:`LabelsNotReady`) rather than embed more labels than this.
+        """
+        key = tuple(names)
+        with self._cache_lock:
+            whole = self._classifiers.get(key)
+            if whole is not None:
+                self._classifiers.move_to_end(key)
+                return whole
+            found = {n: v for n in names if (v := self._labels.get(n)) is not None}
+        missing = [n for n in names if n not in found]
+        if max_new is not None and len(missing) > max_new:
+            raise LabelsNotReady(len(missing), len(names))
+        for batch in chunks(missing, LABEL_BATCH):
+            found.update(zip(batch, self._embed_labels(batch).unbind(dim=1)))
+        w = torch.stack([found[n] for n in names], dim=1)  # (D, C)
+        with self._cache_lock:
+            self._classifiers[key] = w
+            if len(self._classifiers) > 32:
+                self._classifiers.popitem(last=False)
+        return w
+
+    def labels_ready(self, names: Sequence[str]) -> int:
+        """How many of ``names`` have a cached class vector (all, once the whole list is cached)."""
+        with self._cache_lock:
+            if tuple(names) in self._classifiers:
+                return len(names)
+            return sum(1 for n in names if n in self._labels)
+
+    def rank_labels(self, image_vec: np.ndarray, names: Sequence[str], w: torch.Tensor) -> list[LabelScore]:
+        """Softmax of the scaled cosine similarities of a (1, D) image vector to the (D, C) classifier, best first."""
         with torch.no_grad():
-            probs = (_logit_scale(self.model) * z @ w).softmax(dim=-1)[0].tolist()
+            probs = (_logit_scale(self.model) * torch.from_numpy(image_vec) @ w).softmax(dim=-1)[0].tolist()
         order = sorted(range(len(names)), key=lambda j: -probs[j])
         return [LabelScore(label=names[j], score=float(probs[j])) for j in order]
 
-    def _classifier(self, names: tuple[str, ...]) -> torch.Tensor:
-        from polymodal.eval.zeroshot import build_zeroshot_classifier, fill_template
+    def _embed_labels(self, names: list[str]) -> torch.Tensor:
+        """(D, C) class vectors of one batch of labels, one text-tower pass in the label lane; cached."""
+        from polymodal.eval.zeroshot import build_zeroshot_classifier
 
+        with self._label_lock, torch.no_grad():
+            w = build_zeroshot_classifier(
+                lambda ps: self.model.encode_text(ps, normalize=True).float().cpu(), names, self.templates)
         with self._cache_lock:
-            cached = self._classifiers.get(names)
-            if cached is not None:
-                self._classifiers.move_to_end(names)
-                return cached
-        # One batched text pass over every prompt, then the shared classifier code on the results.
-        prompts = list(dict.fromkeys(fill_template(t, c) for c in names for t in self.templates))
-        with self._model_lock, torch.no_grad():
-            emb = dict(zip(prompts, self.model.encode_text(prompts, normalize=True).float().cpu()))
-        w = build_zeroshot_classifier(lambda ps: torch.stack([emb[p] for p in ps]), list(names), self.templates)
-        with self._cache_lock:
-            self._classifiers[names] = w
-            if len(self._classifiers) > 32:
-                self._classifiers.popitem(last=False)
+            for n, v in zip(names, w.unbind(dim=1)):
+                self._labels[n] = v
+                self._labels.move_to_end(n)
+            while len(self._labels) > self._label_cache_size:
+                self._labels.popitem(last=False)
         return w
 
     # ------------------------------------------------------------- lifecycle
@@ -214,12 +286,12 @@ def _check_text(text: str) -> str:
     return text.strip()
 
 
-def _check_labels(labels: Sequence[str]) -> list[str]:
+def _check_labels(labels: Sequence[str], *, limit: int | None) -> list[str]:
     names = list(dict.fromkeys(s.strip() for s in labels if isinstance(s, str) and s.strip()))
     if not names:
         raise ConfigError("zero-shot needs at least one label (give labels, or build the index with --labels)")
-    if len(names) > MAX_LABELS:
-        raise ConfigError(f"{len(names)} labels, over the limit of {MAX_LABELS}")
+    if limit is not None and len(names) > limit:
+        raise ConfigError(f"{len(names)} labels, over the limit of {limit}")
     too_long = [s for s in names if len(s) > 200]
     if too_long:
         raise ConfigError(f"label {too_long[0][:40]!r}... is over 200 characters")

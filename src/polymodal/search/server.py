@@ -19,15 +19,20 @@ and then in type and pixels (:mod:`polymodal.search.uploads`). Every error is JS
 
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at run time, and
 # the Query aliases they use (K, Label, ...) are local to create_app.
+import functools
 import json
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+import anyio
+import anyio.to_thread
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -35,10 +40,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from polymodal.errors import ConfigError, PolymodalError
 from polymodal.search.index import Hit, ItemFilter
-from polymodal.search.query import Searcher
+from polymodal.search.query import MAX_LABELS, LabelsNotReady, Searcher
 from polymodal.search.uploads import UploadError, UploadLimits, check_upload
 
 log = logging.getLogger("polymodal.search.server")
+T = TypeVar("T")
 
 STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 # The page may load only its own scripts, styles and images: no CDN, no inline script.
@@ -61,6 +67,7 @@ class ServerConfig:
             since after DNS rebinding an attacker's page reaches this server under its own name.
         allow_ip_hosts: also accept any IP address as ``Host`` (for a server bound to 0.0.0.0 or ::, whose
             addresses are not known in advance; an IP literal cannot be an attacker's rebound name).
+        query_threads: worker threads for text queries, metadata and thumbnails.
     """
 
     uploads: UploadLimits = None  # type: ignore[assignment]
@@ -68,12 +75,15 @@ class ServerConfig:
     reload_every: float = 1.0
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     allow_ip_hosts: bool = False
+    query_threads: int = 8
 
     def __post_init__(self) -> None:
         if self.uploads is None:
             self.uploads = UploadLimits()
         if self.max_k < 1:
             raise ConfigError(f"max_k must be >= 1, got {self.max_k}")
+        if self.query_threads < 1:
+            raise ConfigError(f"query_threads must be >= 1, got {self.query_threads}")
         bad = [h for h in self.allowed_hosts if not _valid_name(_normal_name(h))]
         if bad:
             raise ConfigError(f"allowed_hosts: {bad[0]!r} is not a host name or address")
@@ -84,7 +94,15 @@ def create_app(searcher: Searcher, config: ServerConfig | None = None) -> FastAP
     config = config or ServerConfig()
     limits = config.uploads
     static = _load_static()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        lanes.open()  # anyio's limiters belong to the running event loop
+        warmer.start(searcher)  # the index's own zero-shot labels, embedded before the first upload needs them
+        yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="polymodal search",
         version="1",
         description="Cross-modal search over a polymodal index: text → image, image → image, zero-shot labels.",
@@ -92,7 +110,9 @@ def create_app(searcher: Searcher, config: ServerConfig | None = None) -> FastAP
         redoc_url=None,
         openapi_url="/openapi.json",
     )
-    reloader = _Reloader(searcher, config.reload_every)
+    warmer = _LabelWarmer()
+    reloader = _Reloader(searcher, config.reload_every, on_reload=warmer.start)
+    lanes = _Lanes(config.query_threads, limits.max_decodes)
     K = Annotated[int, Query(ge=1, le=config.max_k, description="number of results")]
     Label = Annotated[str | None, Query(max_length=200, description="only items with this label")]
     Prefix = Annotated[str | None, Query(max_length=4096, description="only items whose path starts with this")]
@@ -115,6 +135,12 @@ def create_app(searcher: Searcher, config: ServerConfig | None = None) -> FastAP
     async def _bad_input(request: Request, exc: PolymodalError) -> JSONResponse:
         return _error(400, str(exc))
 
+    @app.exception_handler(LabelsNotReady)
+    async def _not_ready(request: Request, exc: LabelsNotReady) -> JSONResponse:
+        response = _error(503, str(exc))
+        response.headers["Retry-After"] = "5"
+        return response
+
     @app.exception_handler(UploadError)
     async def _bad_upload(request: Request, exc: UploadError) -> JSONResponse:
         return _error(exc.status, exc.message)
@@ -136,58 +162,78 @@ def create_app(searcher: Searcher, config: ServerConfig | None = None) -> FastAP
 
     # ------------------------------------------------------------- page
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page() -> HTMLResponse:
+    async def page() -> HTMLResponse:
         return HTMLResponse(static["index.html"][0])
 
     @app.get("/static/{name}", include_in_schema=False)
-    def static_file(name: str) -> Response:
+    async def static_file(name: str) -> Response:
         if name not in STATIC_FILES:  # a fixed set of names: nothing from the URL reaches the disk
             raise HTTPException(404, "not found")
         data, mime = static[name]
         return Response(data, media_type=mime, headers={"Cache-Control": "no-cache"})
 
     # ------------------------------------------------------------- API
+    # Every endpoint is async and hands its blocking work (model passes, faiss, SQLite, index reloads) to
+    # a bounded lane of worker threads, so the event loop only parses requests and writes answers.
     @app.get("/api/info", summary="Index size, model and vector index")
-    def info() -> dict[str, Any]:
-        s = reloader.get()
-        gen = s.index.info
-        return {"count": gen.count, "generation": gen.generation, "model_id": gen.model_id, "dim": gen.dim,
-                "ann": gen.ann.to_dict(), "labels": s.index.labels(), "default_labels": s.index.default_labels(),
-                "limits": {"max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels, "max_k": config.max_k,
-                           "formats": list(limits.formats)}}
+    async def info() -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            s = reloader.get()
+            gen = s.index.info
+            defaults = s.index.default_labels()
+            return {"count": gen.count, "generation": gen.generation, "model_id": gen.model_id, "dim": gen.dim,
+                    "ann": gen.ann.to_dict(), "labels": s.index.labels(), "default_labels": defaults,
+                    "zeroshot_labels": len(defaults), "zeroshot_labels_ready": s.labels_ready(defaults),
+                    "limits": {"max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels,
+                               "max_k": config.max_k, "max_labels": MAX_LABELS, "formats": list(limits.formats)}}
+
+        return await lanes.run(lanes.queries, work)
 
     @app.get("/api/search", summary="Text → image search")
-    def search_text(
+    async def search_text(
         q: Annotated[str, Query(min_length=1, max_length=1000, description="the query sentence")],
         k: K = 20,
         label: Label = None,
         prefix: Prefix = None,
     ) -> dict[str, Any]:
-        s = reloader.get()
-        hits = s.by_text(q, k=k, where=ItemFilter(label=label, path_prefix=prefix))
+        where = ItemFilter(label=label, path_prefix=prefix)
+        hits = await lanes.run(lanes.queries, lambda: reloader.get().by_text(q, k=k, where=where))
         return {"query": q, "hits": [_hit_json(h) for h in hits]}
 
     @app.post("/api/search/image", summary="Image → image search (upload)")
-    def search_image(file: Upload, k: K = 20, label: Label = None, prefix: Prefix = None) -> dict[str, Any]:
-        image = check_upload(_read_upload(file, limits), limits, name="file")
-        s = reloader.get()
-        hits = s.by_image(image, k=k, where=ItemFilter(label=label, path_prefix=prefix))
+    async def search_image(file: Upload, k: K = 20, label: Label = None, prefix: Prefix = None) -> dict[str, Any]:
+        data = await _read_upload(file, limits)
+        where = ItemFilter(label=label, path_prefix=prefix)
+        # Decoded, embedded and dropped inside one decode slot: the pixels held at once stay bounded.
+        hits = await lanes.run(lanes.decodes, lambda: reloader.get().by_image(
+            check_upload(data, limits, name="file"), k=k, where=where))
         return {"hits": [_hit_json(h) for h in hits]}
 
-    @app.post("/api/zeroshot", summary="Zero-shot labels of an uploaded image")
-    def zeroshot(
+    @app.post("/api/zeroshot", summary="Zero-shot labels of an uploaded image",
+              responses={503: {"description": "the index's default labels are still being embedded"}})
+    async def zeroshot(
         file: Upload,
-        labels: Annotated[str | None, Query(max_length=20000, description="comma-separated labels; "
-                                            "default: the index's label list")] = None,
+        labels: Annotated[str | None, Query(max_length=20000, description=f"comma-separated labels (at most "
+                                            f"{MAX_LABELS}); default: the index's label list")] = None,
+        top: Annotated[int | None, Query(ge=1, description="return only the best `top` labels")] = None,
     ) -> dict[str, Any]:
-        image = check_upload(_read_upload(file, limits), limits, name="file")
-        s = reloader.get()
-        names = None if labels is None else [x for x in labels.split(",") if x.strip()]
-        return {"labels": [r.to_dict() for r in s.zeroshot(image, names)]}
+        data = await _read_upload(file, limits)
+        given = None if labels is None else labels.split(",")
+
+        def choose() -> tuple[Searcher, list[str]]:
+            s = reloader.get()
+            return s, s.zeroshot_labels(given)
+
+        s, names = await lanes.run(lanes.queries, choose)
+        # Label embedding is the long part; one request at a time does it, beside the query lane.
+        w = await lanes.run(lanes.labels, lambda: s.label_classifier(names, max_new=MAX_LABELS))
+        ranked = await lanes.run(lanes.decodes, lambda: s.rank_labels(
+            s.embed_image(check_upload(data, limits, name="file")), names, w))
+        return {"labels": [r.to_dict() for r in ranked[:top]], "count": len(names)}
 
     @app.get("/api/items/{item_id}", summary="Metadata of one item")
-    def item(item_id: int) -> dict[str, Any]:
-        it = reloader.get().index.get(item_id)
+    async def item(item_id: int) -> dict[str, Any]:
+        it = await lanes.run(lanes.queries, lambda: reloader.get().index.get(item_id))
         if it is None:
             raise HTTPException(404, f"no item with id {item_id}")
         return {"id": it.id, "path": it.path, "caption": it.caption, "labels": it.labels, "hash": it.hash,
@@ -195,8 +241,8 @@ def create_app(searcher: Searcher, config: ServerConfig | None = None) -> FastAP
 
     @app.get("/api/items/{item_id}/thumbnail", summary="Thumbnail of one item (JPEG)",
              responses={200: {"content": {"image/jpeg": {}}}})
-    def thumbnail(item_id: int) -> Response:
-        found = reloader.get().index.thumbnail(item_id)
+    async def thumbnail(item_id: int) -> Response:
+        found = await lanes.run(lanes.queries, lambda: reloader.get().index.thumbnail(item_id))
         if found is None:
             raise HTTPException(404, f"no item with id {item_id}")
         data, mime = found
@@ -258,8 +304,8 @@ def _hit_json(h: Hit) -> dict[str, Any]:
     return {**h.to_dict(), "thumbnail": f"/api/items/{h.id}/thumbnail"}
 
 
-def _read_upload(file: UploadFile, limits: UploadLimits) -> bytes:
-    data = file.file.read(limits.max_bytes + 1)
+async def _read_upload(file: UploadFile, limits: UploadLimits) -> bytes:
+    data = await file.read(limits.max_bytes + 1)
     if len(data) > limits.max_bytes:
         raise UploadError(413, f"file: over the limit of {limits.max_bytes} bytes")
     return data
@@ -276,9 +322,10 @@ def _load_static() -> dict[str, tuple[bytes, str]]:
 class _Reloader:
     """Hands out the searcher, reopening the index at most every ``every`` seconds if a newer generation exists."""
 
-    def __init__(self, searcher: Searcher, every: float) -> None:
+    def __init__(self, searcher: Searcher, every: float, on_reload: Callable[[Searcher], None]) -> None:
         self.searcher = searcher
         self.every = every
+        self.on_reload = on_reload
         self._next = time.monotonic() + every
         self._lock = threading.Lock()
 
@@ -289,11 +336,63 @@ class _Reloader:
                 self._next = now + self.every
                 if self.searcher.reload_if_stale():
                     log.info("index reloaded at generation %d", self.searcher.index.generation)
+                    self.on_reload(self.searcher)
             except PolymodalError as e:
                 log.warning("keeping generation %d: %s", self.searcher.index.generation, e)
             finally:
                 self._lock.release()
         return self.searcher
+
+
+class _Lanes:
+    """Where blocking work runs: bounded lanes of worker threads, never the event loop.
+
+    ``queries``: text search, metadata, thumbnails, reloads (short SQLite and faiss work, many at once).
+    ``labels``: embedding zero-shot labels, one request at a time (each may embed up to MAX_LABELS labels).
+    ``decodes``: decoding an upload and embedding it; ``max_decodes`` at once bounds the decoded pixels held
+    to ``max_decodes * max_pixels``, however many uploads arrive together (the others wait, holding only
+    their encoded bytes).
+    """
+
+    def __init__(self, query_threads: int, max_decodes: int) -> None:
+        self._sizes = (query_threads, max_decodes)
+
+    def open(self) -> None:
+        self.queries = anyio.CapacityLimiter(self._sizes[0])
+        self.labels = anyio.CapacityLimiter(1)
+        self.decodes = anyio.CapacityLimiter(self._sizes[1])
+
+    async def run(self, lane: anyio.CapacityLimiter, fn: Callable[..., T], *args: Any) -> T:
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=lane)
+
+
+class _LabelWarmer:
+    """Embeds the index's default zero-shot labels in a background thread (at start and after a reload).
+
+    A request may embed at most MAX_LABELS new labels; an index with more gets them here instead, and until
+    then answers zero-shot with 503 (LabelsNotReady). The work goes through the searcher's label lane, one
+    batch per pass, so requests' own label batches interleave with it.
+    """
+
+    def __init__(self) -> None:
+        self._warmed: tuple[str, ...] | None = None
+
+    def start(self, searcher: Searcher) -> None:
+        threading.Thread(target=self._warm, args=(searcher,), name="label-warmup", daemon=True).start()
+
+    def _warm(self, searcher: Searcher) -> None:
+        try:
+            names = searcher.zeroshot_labels(None)
+        except PolymodalError:  # no labels at all: zero-shot needs them from the request
+            return
+        if tuple(names) == self._warmed:
+            return
+        self._warmed = tuple(names)
+        try:
+            searcher.label_classifier(names)
+            log.info("embedded %d default zero-shot labels", len(names))
+        except Exception:  # a background thread has no caller to tell: log it, requests embed on demand
+            log.exception("embedding the default zero-shot labels failed")
 
 
 class _BodyLimit:

@@ -34,15 +34,19 @@ class UploadLimits:
         max_bytes: largest accepted file, in bytes.
         max_pixels: largest accepted width * height, read from the header.
         formats: accepted formats, detected from the content.
+        max_decodes: uploads decoded (and embedded) at once by a server; with ``max_pixels`` it bounds the
+            memory decoded images take, about ``max_decodes * max_pixels * 4`` bytes.
     """
 
     max_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 40_000_000
     formats: tuple[str, ...] = ("png", "jpeg", "gif", "webp", "bmp")
+    max_decodes: int = 2
 
     def __post_init__(self) -> None:
-        if self.max_bytes < 1 or self.max_pixels < 1:
-            raise ConfigError(f"UploadLimits: sizes must be positive, got {self.max_bytes}, {self.max_pixels}")
+        if self.max_bytes < 1 or self.max_pixels < 1 or self.max_decodes < 1:
+            raise ConfigError(f"UploadLimits: sizes must be positive, got {self.max_bytes}, {self.max_pixels}, "
+                              f"{self.max_decodes}")
 
 
 class UploadError(Exception):
