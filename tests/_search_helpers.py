@@ -59,3 +59,99 @@ def make_images(root: Path, per_label: int, labels: tuple[str, ...] = ("red", "g
             draw(COLOURS[label], i).save(p)
             out.append(p)
     return out
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalServer:
+    """A uvicorn server for ``app`` on 127.0.0.1 (a free port) in a daemon thread; use as a context manager.
+
+    It binds only to loopback and stops when the block ends (or the process does).
+    """
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+
+    def __enter__(self) -> LocalServer:
+        import threading
+        import time
+
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 60
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
+
+
+def upload_memory(index_dir: str, model_folder: str, side: int, uploads: int, max_pixels: int) -> dict:
+    """Peak RSS of a search server while ``uploads`` clients at once send the same side x side PNG.
+
+    The PNG is bilevel (mode "1"), so it is a few KB on the wire and ``side**2`` pixels once decoded: the
+    decompression-bomb shape of issue #16. Run it in a fresh process (``python tests/_search_helpers.py``):
+    ``ru_maxrss`` is the process's peak, so the baseline (after one upload) and the peak under load are
+    read in that order. Returns the numbers and every answer's status.
+    """
+    import dataclasses
+    import io
+    import resource
+    import threading
+
+    import httpx
+    import torch
+
+    from polymodal.models.io import load
+    from polymodal.search.index import SearchIndex
+    from polymodal.search.query import Searcher
+    from polymodal.search.server import ServerConfig, create_app
+    from polymodal.search.uploads import UploadLimits
+
+    torch.set_num_threads(1)
+    buf = io.BytesIO()
+    Image.new("1", (side, side), 1).save(buf, "PNG")
+    data = buf.getvalue()
+    extra = {"max_decodes": 2} if "max_decodes" in {f.name for f in dataclasses.fields(UploadLimits)} else {}
+    limits = UploadLimits(max_bytes=1 << 20, max_pixels=max_pixels, **extra)
+    searcher = Searcher(SearchIndex.open(index_dir), load(model_folder))
+    statuses: list[int] = []
+
+    def post(client: httpx.Client) -> None:
+        r = client.post("/api/search/image", files={"file": ("big.png", data, "image/png")}, params={"k": 1})
+        statuses.append(r.status_code)
+
+    with LocalServer(create_app(searcher, ServerConfig(uploads=limits))) as srv, \
+            httpx.Client(base_url=srv.url, timeout=600) as client:
+        post(client)  # warm-up: one decode, model caches, allocator pools
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        threads = [threading.Thread(target=post, args=(client,)) for _ in range(uploads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"file_bytes": len(data), "pixels": side * side, "uploads": uploads, "baseline_rss": base,
+            "peak_rss": peak, "growth": peak - base, "statuses": sorted(set(statuses)), **extra}
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    index_arg, model_arg, side_arg, uploads_arg, max_pixels_arg = sys.argv[1:6]
+    print(json.dumps(upload_memory(index_arg, model_arg, int(side_arg), int(uploads_arg), int(max_pixels_arg))))

@@ -4,8 +4,12 @@ and ``polymodal index repair`` must bring the index back to a consistent state."
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -188,3 +192,27 @@ def test_a_consistent_index_is_left_alone_by_repair(built, capsys):
     code, err = run_cli(capsys, "index", "repair", index)
     assert code == 0 and "consistent" in err
     assert (index / "CURRENT").read_text().strip() == "1"
+
+
+# --- concurrent large uploads ----------------------------------------------------------------------
+
+
+def test_sixteen_concurrent_bomb_uploads_stay_within_the_decode_budget(tmp_path):
+    """16 clients upload the same 2 KB PNG that decodes to 4 Mpx (the issue's 131 KB / 39.7 Mpx, scaled down).
+
+    Unbounded, every decode runs at once: the server's peak memory grew by 330 MB at this size. With two
+    decode slots it may grow by a few images' worth; the bound is 8 RGB copies (96 MB), measured as the
+    peak RSS of a fresh server process.
+    """
+    images = tmp_path / "imgs"
+    make_images(images, 1)
+    update_index(model(0), tmp_path / "idx", sources_from_images([images]), sync=True, model_dir=model_dir(0))
+    side = 2000
+    helper = Path(__file__).with_name("_search_helpers.py")
+    r = subprocess.run([sys.executable, str(helper), str(tmp_path / "idx"), str(model_dir(0)), str(side), "16",
+                        str(side * side + 1)], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.splitlines()[-1])
+    assert got["statuses"] == [200] and got["file_bytes"] < 10_000
+    assert got["growth"] < 8 * side * side * 3, got
