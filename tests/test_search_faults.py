@@ -216,3 +216,31 @@ def test_sixteen_concurrent_bomb_uploads_stay_within_the_decode_budget(tmp_path)
     got = json.loads(r.stdout.splitlines()[-1])
     assert got["statuses"] == [200] and got["file_bytes"] < 10_000
     assert got["growth"] < 8 * side * side * 3, got
+
+
+# --- DNS rebinding, against the real server on loopback ----------------------------------------------
+
+
+def test_a_rebound_host_gets_nothing_from_the_real_server(built):
+    import socket
+
+    import httpx
+
+    from _search_helpers import LocalServer
+    from polymodal.search.server import create_app
+
+    index, paths, _ = built
+    searcher = Searcher(SearchIndex.open(index), model(0))
+    with LocalServer(create_app(searcher)) as srv, httpx.Client(base_url=srv.url, timeout=60) as client:
+        item = searcher.index.items()[0].id
+        assert client.get(f"/api/items/{item}").status_code == 200  # its own Host: 127.0.0.1:PORT
+        for url in ("/", "/api/info", f"/api/items/{item}", f"/api/items/{item}/thumbnail", "/api/search?q=red"):
+            r = client.get(url, headers={"host": f"attacker.example:{srv.port}"})
+            assert r.status_code == 421 and str(paths[0].parent) not in r.text and "JFIF" not in r.text, url
+        r = client.post("/api/zeroshot", headers={"origin": f"http://attacker.example:{srv.port}"},
+                        files={"file": ("a.png", paths[0].read_bytes(), "image/png")})
+        assert r.status_code == 403
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as raw:  # HTTP/1.0, no Host at all
+            raw.sendall(b"GET /api/info HTTP/1.0\r\n\r\n")
+            assert raw.recv(64).split(b" ")[1] == b"421"
+    searcher.close()
