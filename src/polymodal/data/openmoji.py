@@ -58,7 +58,7 @@ class _Entry:
     subgroup: str
 
 
-def load_openmoji(split: str | None = None) -> list[Record]:
+def load_openmoji(split: str | None = None, *, decode: bool = True) -> list[Record]:
     """Load the vendored OpenMoji images as records, optionally one split only.
 
     Each record has ``image`` (a 72x72 RGB ``PIL.Image``, transparency composited on white),
@@ -70,6 +70,7 @@ def load_openmoji(split: str | None = None) -> list[Record]:
     Args:
         split: ``None`` for all 2,464 images, or ``"train"``, ``"val"`` or ``"test"``
             (hash split of the hexcode, see module docstring).
+        decode: ``False`` leaves ``image`` as ``None`` (the annotations alone, e.g. for another style).
 
     Returns:
         A new list of new records on every call (the images are decoded each time, about 1 s).
@@ -84,7 +85,7 @@ def load_openmoji(split: str | None = None) -> list[Record]:
     with _open_zip() as z:
         for e in entries:
             name = f"{e.hexcode}.png"
-            image = load_image(z.read(name), name=f"{_ZIP}:{name}")
+            image = load_image(z.read(name), name=f"{_ZIP}:{name}") if decode else None
             records.append(
                 Record(
                     image=image,

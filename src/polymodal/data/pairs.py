@@ -1,7 +1,8 @@
 """Image-text pairs for the aligner, from the built-in OpenMoji set or a user's manifest.
 
-A source is ``builtin:openmoji`` or a path to a ``.csv``/``.jsonl``/``.parquet`` manifest with ``image`` and
-``text`` columns (image paths relative to the manifest). Rows that cannot be used are skipped, counted and
+A source is a built-in set (``builtin:openmoji``; the same emoji drawn by Twemoji or Noto,
+``builtin:twemoji``/``builtin:noto``; the evaluation photographs, ``builtin:photos``) or a path to a
+``.csv``/``.jsonl``/``.parquet`` manifest with ``image`` and ``text`` columns (image paths relative to the manifest). Rows that cannot be used are skipped, counted and
 kept in ``PairSet.bad`` so the run's report can name them; ``strict=True`` makes the first one an error.
 
 A manifest's optional ``split`` column (``train``, ``val`` or ``test``) puts each row in a split; without
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMN = "split"  # a manifest column that chooses each row's split
+PAIR_BUILTINS = ("builtin:openmoji", "builtin:twemoji", "builtin:noto", "builtin:photos")
 
 
 @dataclass
@@ -44,6 +46,7 @@ class PairSet:
     captions: list[list[str]]
     keys: list[str]
     labels: dict[str, list[str]] = field(default_factory=dict)  # label kind -> one label per image
+    classes: dict[str, list[str]] = field(default_factory=dict)  # label kind -> every class, where the set defines them
     bad: list[BadRecord] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -75,6 +78,8 @@ def concat_pairs(*sets: PairSet, name: str | None = None) -> PairSet:
         captions=[c for s in sets for c in s.captions],
         keys=[k for s in sets for k in s.keys],
         labels={k: [v for s in sets for v in s.labels[k]] for k in kinds},
+        classes={k: sorted({c for s in sets for c in s.classes.get(k, [])}) for k in kinds
+                 if any(k in s.classes for s in sets)},
         bad=[b for s in sets for b in s.bad],
     )
 
@@ -86,18 +91,35 @@ def _concat_images(parts: list[Sequence[Image.Image]]) -> Sequence[Image.Image]:
     return [im for p in parts for im in p]
 
 
-def _openmoji(split: str | None) -> PairSet:
+def _openmoji(split: str | None, style: str = "openmoji") -> PairSet:
+    """OpenMoji's emoji, drawn by OpenMoji or in another style (``twemoji``, ``noto``: data/emoji_styles.py)."""
+    from polymodal.data.emoji_styles import load_emoji_style
     from polymodal.data.openmoji import OPENMOJI_GROUPS, load_openmoji, openmoji_subgroups
 
     # Tags that spell a group or subgroup name are dropped: those names are zero-shot targets.
     banned = {n.lower().replace("-", " ") for n in (*OPENMOJI_GROUPS, *openmoji_subgroups())}
-    records = load_openmoji(split)
+    records = load_openmoji(split) if style == "openmoji" else load_emoji_style(style, split)
     return PairSet(
-        name=f"openmoji:{split or 'all'}",
+        name=f"{style}:{split or 'all'}",
         images=[r.image for r in records],
         captions=[caption_variants(r.text or "", r.extra["tags"], banned=banned) for r in records],
         keys=[r.key for r in records],
         labels={"group": [r.extra["group"] for r in records], "subgroup": [r.extra["subgroup"] for r in records]},
+    )
+
+
+def _photos(split: str | None) -> PairSet:
+    """The evaluation photographs (data/photos.py): captions are their own descriptions, labels everyday names."""
+    from polymodal.data.photos import load_photos, photo_labels
+
+    records = load_photos(split)
+    return PairSet(
+        name=f"photos:{split or 'all'}",
+        images=[r.image for r in records],
+        captions=[[r.text or ""] for r in records],
+        keys=[r.key for r in records],
+        labels={"label": [str(r.label) for r in records]},
+        classes={"label": photo_labels()},  # zero-shot chooses among all 84, whatever the split holds
     )
 
 
@@ -188,10 +210,12 @@ def load_pairs(source: str, split: str | None = None, *, strict: bool = False, m
     """Load the pairs of one split (``train``/``val``/``test``, or ``None`` for all)."""
     if split is not None and split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if source == "builtin:openmoji":
-        return _openmoji(split)
+    if source in ("builtin:openmoji", "builtin:twemoji", "builtin:noto"):
+        return _openmoji(split, source.removeprefix("builtin:"))
+    if source == "builtin:photos":
+        return _photos(split)
     if source.startswith("builtin:"):
-        raise ConfigError(f"unknown built-in dataset {source!r}; available: builtin:openmoji")
+        raise ConfigError(f"unknown built-in dataset {source!r}; available: {', '.join(PAIR_BUILTINS)}")
     path = Path(source)
     if not path.exists():
         raise DataError(path, "no such manifest file")
