@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from polymodal.cli.presets import DEMO_MODEL, DEMO_TRAIN
+from polymodal.cli.presets import (
+    DEMO_ALSO_TRAIN_ON,
+    DEMO_DATA,
+    DEMO_EVAL_SETS,
+    DEMO_MODEL,
+    DEMO_TRAIN,
+    DEMO_TRANSFER,
+)
 
 
 def _print_table(metrics: dict, baselines: dict) -> None:
@@ -16,14 +23,14 @@ def _print_table(metrics: dict, baselines: dict) -> None:
     click.echo(format_metrics_table(metrics, baselines))
 
 
-def _run(data, out, model_cfg, train_cfg, *, resume, strict, cache, as_json) -> None:
+def _run(data, out, model_cfg, train_cfg, *, resume, strict, cache, as_json, **recipe) -> None:
     from polymodal.train.aligner_run import train_aligner
     from polymodal.train.ddp import distributed_session, is_main
 
     # Under torchrun: one process group for the run; rank 0 alone prints and writes the run folder.
     with distributed_session():
         r = train_aligner(data, out, model_config=model_cfg, train_config=train_cfg, resume=resume, strict=strict,
-                          cache_dir="default" if cache else None, progress=not as_json)
+                          cache_dir="default" if cache else None, progress=not as_json, **recipe)
         main_process = is_main()
     if not main_process:
         return
@@ -31,6 +38,11 @@ def _run(data, out, model_cfg, train_cfg, *, resume, strict, cache, as_json) -> 
         click.echo(json.dumps(json.loads((Path(out) / "metrics.json").read_text()), indent=2))
         return
     _print_table(r.metrics, r.baselines)
+    from polymodal.eval.eval_sets import headline
+
+    for source, block in r.eval_sets.items():
+        click.echo(f"\n{source} ({block['split']} split, {block['size']} items)")
+        _print_table(*headline(block))
     if r.bad:
         click.echo(f"\nskipped {len(r.bad)} bad record(s):")
         for b in r.bad[:20]:
@@ -87,8 +99,11 @@ def train(data, out, preset, unlock, unlock_text, epochs, batch_size, lr, views,
 @click.option("--resume", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 def demo(out, resume, as_json):
-    """The main job: train on the embedded OpenMoji data, evaluate on its test split, write a report."""
-    _run("builtin:openmoji", out, DEMO_MODEL, DEMO_TRAIN, resume=resume, strict=False, cache=True, as_json=as_json)
+    """The main job: train the default model on the embedded emoji (OpenMoji, with the Twemoji and Noto
+    drawings of its training emoji), evaluate once on OpenMoji's test split and on the photographs and
+    other drawing styles, write a report."""
+    _run(DEMO_DATA, out, DEMO_MODEL, DEMO_TRAIN, resume=resume, strict=False, cache=True, as_json=as_json,
+         also_train_on=DEMO_ALSO_TRAIN_ON, transfer=DEMO_TRANSFER, eval_sets=DEMO_EVAL_SETS)
 
 
 @click.command("eval")
@@ -116,6 +131,8 @@ def eval_cmd(model_dir, data, split, as_json):
     test = load_pairs(data, None if split == "all" else split)
     train_ps = load_pairs(data, "train") if split == "test" else None
     val_ps = load_pairs(data, "val") if split == "test" else None
+    if train_ps is not None and len(train_ps) == 0:  # an evaluation-only set (photos): no probe, no majority
+        train_ps = val_ps = None
     ev = evaluate_aligner(model, test, cache=cache, train=train_ps, val=val_ps,
                           support=getattr(model, "support", None), progress=not as_json)
     if as_json:

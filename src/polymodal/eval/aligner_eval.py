@@ -134,6 +134,9 @@ def evaluate_aligner(
     With a ``support`` set (the training pairs' embeddings), retrieval and zero-shot are measured a second
     time with support-mixed embeddings (:class:`~polymodal.models.support.SupportSet`) under keys
     prefixed ``support/``; the plain keys keep CLIP_benchmark's definitions.
+
+    Zero-shot chooses among the classes seen in ``test`` and ``train``, and every class ``test.classes``
+    lists (a set without a training split, such as the photographs, names all its labels there).
     """
     img, txt = embed_pairs(model, test, cache=cache, progress=progress)
     owner = torch.arange(len(test))
@@ -149,7 +152,8 @@ def evaluate_aligner(
     encode = _cached_text_encoder(model, cache)
     probe_kind = next(iter(test.labels), None)  # one probe, on the first (coarsest) label kind
     for kind, labels in test.labels.items():
-        classes = sorted(set(labels) | set(train.labels.get(kind, []) if train else []))
+        seen = set(labels) | set(train.labels.get(kind, []) if train else [])
+        classes = sorted(seen | set(test.classes.get(kind, [])))
         index = {c: i for i, c in enumerate(classes)}
         y = torch.tensor([index[c] for c in labels])
         texts = [label_text(kind, c) for c in classes]
@@ -190,7 +194,8 @@ def evaluate_aligner(
             baselines.setdefault("majority", {})[f"probe_{kind}/accuracy"] = maj["top1"]
 
     if untrained is not None:
-        base = evaluate_aligner(untrained, test, cache=cache, label_text=label_text, templates=templates, probe=False)
+        base = evaluate_aligner(untrained, test, cache=cache, label_text=label_text, templates=templates,
+                                probe=False)
         baselines.setdefault("raw towers", {}).update(
             {k: v for k, v in base.metrics.items() if not k.startswith("probe_")}
         )

@@ -25,6 +25,7 @@ from polymodal.data.record import BadRecord
 from polymodal.errors import ConfigError
 
 MAX_BAD_RECORDS_SHOWN = 1000  # the count is always exact; the listing stops here to keep the file small
+Table = tuple[Mapping[str, Any], Mapping[str, Mapping[str, Any]]]  # (metrics, baselines)
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
          ".svg": "image/svg+xml", ".webp": "image/webp"}
 
@@ -116,19 +117,21 @@ def _markdown(
     bad_records: Sequence[BadRecord],
     notes: Sequence[str],
     created: str,
+    sections: Mapping[str, Table] | None = None,
 ) -> str:
     out = [f"# {title}", "", f"_Written {created}._", ""]
     if notes:
         out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-    out += ["## Metrics", ""]
-    rows = _table_rows(metrics, baselines)
-    if len(rows) > 1:
-        out.append("| " + " | ".join(_md_escape(c) for c in rows[0]) + " |")
-        out.append("|" + "|".join([":---"] + ["---:"] * (len(rows[0]) - 1)) + "|")
-        out += ["| " + " | ".join(_md_escape(c) for c in r) + " |" for r in rows[1:]]
-    else:
-        out.append("No metrics recorded.")
-    out.append("")
+    for heading, table in {"Metrics": (metrics, baselines), **(sections or {})}.items():
+        out += [f"## {heading}", ""]
+        rows = _table_rows(*table)
+        if len(rows) > 1:
+            out.append("| " + " | ".join(_md_escape(c) for c in rows[0]) + " |")
+            out.append("|" + "|".join([":---"] + ["---:"] * (len(rows[0]) - 1)) + "|")
+            out += ["| " + " | ".join(_md_escape(c) for c in r) + " |" for r in rows[1:]]
+        else:
+            out.append("No metrics recorded.")
+        out.append("")
     if figures:
         out += ["## Figures", ""]
         for caption, path in figures.items():
@@ -210,6 +213,7 @@ def _html(
     bad_records: Sequence[BadRecord],
     notes: Sequence[str],
     created: str,
+    sections: Mapping[str, Table] | None = None,
 ) -> str:
     e = html.escape
     parts = [
@@ -227,9 +231,10 @@ def _html(
     ]
     if notes:
         parts += ["<h2>Notes</h2>", "<ul>"] + [f"<li>{e(n)}</li>" for n in notes] + ["</ul>"]
-    parts.append("<h2>Metrics</h2>")
-    rows = _table_rows(metrics, baselines)
-    parts.append(_html_table(rows) if len(rows) > 1 else "<p>No metrics recorded.</p>")
+    for heading, table in {"Metrics": (metrics, baselines), **(sections or {})}.items():
+        parts.append(f"<h2>{e(heading)}</h2>")
+        rows = _table_rows(*table)
+        parts.append(_html_table(rows) if len(rows) > 1 else "<p>No metrics recorded.</p>")
     if figures:
         parts.append("<h2>Figures</h2>")
         for caption, path in figures.items():
@@ -266,6 +271,7 @@ def write_report(
     figures: dict[str, Path],
     bad_records: list[BadRecord],
     notes: list[str],
+    sections: Mapping[str, Table] | None = None,
 ) -> Path:
     """Write ``report.md`` and a self-contained ``report.html`` into ``run_dir``.
 
@@ -281,18 +287,23 @@ def write_report(
         bad_records: Records skipped while reading the data; all are counted, the first
             ``MAX_BAD_RECORDS_SHOWN`` listed with file, row and problem.
         notes: Free lines shown at the top (data set, preset, seed, ...).
+        sections: More metric tables after the first, heading -> (metrics, baselines), e.g. one per
+            evaluation set.
 
     Returns:
         The path of ``report.html``; ``report.md`` is written next to it.
     """
-    _check_tables(metrics, baselines)
+    for table in [(metrics, baselines), *(sections or {}).values()]:
+        _check_tables(*table)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     figures = {str(k): Path(v) for k, v in figures.items()}
     (run_dir / "report.md").write_text(
-        _markdown(run_dir, title, metrics, baselines, figures, bad_records, notes, created), encoding="utf-8"
+        _markdown(run_dir, title, metrics, baselines, figures, bad_records, notes, created, sections),
+        encoding="utf-8",
     )
     out = run_dir / "report.html"
-    out.write_text(_html(title, metrics, baselines, figures, bad_records, notes, created), encoding="utf-8")
+    out.write_text(_html(title, metrics, baselines, figures, bad_records, notes, created, sections),
+                   encoding="utf-8")
     return out

@@ -27,6 +27,13 @@ EMOJI_TEMPLATES: tuple[str, ...] = (
 )
 """Generic emoji/icon templates, each with the ``{c}`` placeholder."""
 
+PHOTO_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {c}.",  # CLIP's own default prompt (sec. 3.1.4)
+    "a photo of the {c}.",
+    "a close-up photo of a {c}.",
+)
+"""Photograph templates, for images the model meets outside emoji and icon sets."""
+
 DEFAULT_TEMPLATES: tuple[str, ...] = EMOJI_TEMPLATES
 """The templates zero-shot uses when none are given."""
 

@@ -12,6 +12,7 @@ is split into a *trunk*, which stays frozen and whose output the trainer caches,
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -26,10 +27,11 @@ from torch import Tensor, nn
 from polymodal.errors import ConfigError
 from polymodal.models.heads import ProjectionHead
 from polymodal.models.support import SUPPORT_FILE, SupportSet
+from polymodal.models.transfer import TRANSFER_FILE, ImageNetTransfer
 from polymodal.towers.efficientnet import EfficientNetLite0
 from polymodal.towers.efficientnet_runner import EfficientNetLite0Runner
 from polymodal.towers.minilm import MiniLMTextTower, TokenBatch
-from polymodal.towers.preprocess import images_to_tensor, preprocess_id
+from polymodal.towers.preprocess import FITS, images_to_tensor, preprocess_id
 
 IMAGE_BLOCKS = 16  # MBConv blocks of EfficientNet-Lite0
 IMAGE_DIM = 1280  # its pooled feature width
@@ -42,6 +44,7 @@ class AlignerConfig:
     kind: str = "aligner"
     embed_dim: int = 384  # = the text tower's width, so the text head can start as the identity
     image_size: int = 224  # EfficientNet-Lite0's native resolution
+    image_fit: str = "crop"  # "crop": TF's centre crop; "pad": the whole image padded to a square (photos)
     max_text_length: int = 48  # tokens; OpenMoji captions with tags stay well under this
     unlock_image: int = 0  # last N of the 16 MBConv blocks that train (0: locked, LiT)
     unlock_text: int = 0  # last N of the 6 transformer layers that train
@@ -63,6 +66,8 @@ class AlignerConfig:
         if self.embed_dim <= 0 or self.image_size < 32 or self.max_text_length < 4:
             raise ConfigError(f"bad sizes: embed_dim={self.embed_dim}, image_size={self.image_size}, "
                               f"max_text_length={self.max_text_length}")
+        if self.image_fit not in FITS:
+            raise ConfigError(f"image_fit must be one of {', '.join(FITS)}, got {self.image_fit!r}")
         if not 0 < self.init_temperature < 1:
             raise ConfigError(f"init_temperature must be in (0, 1), got {self.init_temperature}")
 
@@ -105,6 +110,9 @@ class Aligner(nn.Module):
         # The training pairs' embeddings, set after training and saved beside the weights; zero-shot
         # mixes label text with the images of its nearest training captions (polymodal.models.support).
         self.support: SupportSet | None = None
+        # ImageNet transfer (models/transfer.py), set after training and saved beside the weights: each
+        # image embedding is gated between the trained head and the ConSE embedding of its ImageNet classes.
+        self.transfer: ImageNetTransfer | None = None
 
     # ---------------------------------------------------------------- freezing
     def _freeze_trunks(self) -> None:
@@ -143,22 +151,34 @@ class Aligner(nn.Module):
 
     # ---------------------------------------------------------------- files besides the weights
     def save_assets(self, path: str | Path) -> None:
-        """Write the support set, if there is one (called by ``polymodal.models.io.save_model``)."""
-        target = Path(path) / SUPPORT_FILE
-        if self.support is not None:
-            self.support.save(target)
-        elif target.exists():  # a stale support set would not match these weights
-            target.unlink()
+        """Write the support set and the transfer bank, where there are (called by ``save_model``)."""
+        for name, asset in ((SUPPORT_FILE, self.support), (TRANSFER_FILE, self.transfer)):
+            target = Path(path) / name
+            if asset is not None:
+                asset.save(target)
+            elif target.exists():  # a stale file would not match these weights
+                target.unlink()
 
     def load_assets(self, path: str | Path) -> None:
-        """Read the support set written by :meth:`save_assets` (called by ``polymodal.load``)."""
+        """Read the files written by :meth:`save_assets` (called by ``polymodal.load``)."""
         f = Path(path) / SUPPORT_FILE
         self.support = SupportSet.load(f) if f.is_file() else None
+        f = Path(path) / TRANSFER_FILE
+        self.transfer = ImageNetTransfer.load(f, self.image_tower._fc) if f.is_file() else None
+
+    def with_transfer(self, transfer: ImageNetTransfer | None) -> Aligner:
+        """A view of this model that shares every weight but mixes images with another transfer bank (or
+        none): the baselines "aligner alone" and "ImageNet transfer alone" without a second model."""
+        view = copy.copy(self)
+        view._modules = dict(self._modules)  # its own submodule table, so the original keeps its bank
+        view.transfer = transfer
+        return view
 
     # ---------------------------------------------------------------- ids for caches
     @property
     def image_trunk_id(self) -> str:
-        return f"effnet-lite0/imagenet|{preprocess_id(self.config.image_size)}|split={self.image_split}"
+        prep = preprocess_id(self.config.image_size, self.config.image_fit)
+        return f"effnet-lite0/imagenet|{prep}|split={self.image_split}"
 
     @property
     def text_trunk_id(self) -> str:
@@ -166,7 +186,7 @@ class Aligner(nn.Module):
 
     # ---------------------------------------------------------------- image path
     def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
-        return images_to_tensor(list(images), size=self.config.image_size)
+        return images_to_tensor(list(images), size=self.config.image_size, fit=self.config.image_fit)
 
     def _runner(self) -> EfficientNetLite0Runner:
         # The fused inference runner snapshots the frozen trunk's weights once (BN folded, oneDNN
@@ -193,8 +213,17 @@ class Aligner(nn.Module):
         return grid.mean(dim=(2, 3))
 
     def image_features(self, trunk_out: Tensor, *, normalize: bool = True) -> Tensor:
-        z = self.image_head(self.image_top(trunk_out))
+        """Trunk output -> (B, embed_dim); with a transfer bank, the gated mix of the head's and the
+        ImageNet-transfer embeddings (always unit norm then)."""
+        pooled = self.image_top(trunk_out)
+        z = self.image_head(pooled)
+        if self.transfer is not None:
+            return self.transfer.mix(F.normalize(z, dim=-1), pooled, self.text_head)
         return F.normalize(z, dim=-1) if normalize else z
+
+    def sentence_features(self, trunk: TextTrunk) -> Tensor:
+        """(B, 384) sentence embeddings before the text head: what the transfer bank's names are."""
+        return self.text_top(trunk)
 
     def encode_image(
         self, images: Tensor | Sequence[Image.Image], *, normalize: bool = True, batch_size: int = 64

@@ -1,7 +1,8 @@
 """ImageNet-1k class names and a top-5 helper for the pretrained image tower.
 
 The names (WordNet lemmas of the 1000 ILSVRC-2012 synsets, in the standard sorted-synset index order)
-are vendored in ``assets/imagenet_classes.txt``; see ``assets/IMAGENET_CLASSES_NOTICE.md`` for their
+are vendored in ``assets/imagenet_classes.txt``, their WordNet 3.0 hypernyms and glosses in
+``assets/imagenet_wordnet.tsv`` (``scripts/vendor_imagenet_wordnet.py``); see ``assets/IMAGENET_CLASSES_NOTICE.md`` for their
 origin and licence. ``IMAGENET_CLASSES`` is read on first access (PEP 562 module ``__getattr__``), so
 importing this module costs nothing.
 """
@@ -28,20 +29,30 @@ class ImageNetClass:
     Args:
         synset: WordNet id, e.g. ``n03877845``.
         name: Comma-separated lemmas, e.g. ``palace``.
+        hypernyms: Its WordNet hypernym chain, nearest first (``assets/imagenet_wordnet.tsv``).
+        gloss: Its WordNet definition.
     """
 
     synset: str
     name: str
+    hypernyms: tuple[str, ...] = ()  # WordNet 3.0 ancestors' first lemmas, nearest first ("corvine bird", ...)
+    gloss: str = ""  # WordNet 3.0 definition
+
+
+def _asset_text(name: str) -> str:
+    return (importlib.resources.files("polymodal.towers") / "assets" / name).read_text(encoding="utf-8")
 
 
 @functools.cache
 def imagenet_class_table() -> tuple[ImageNetClass, ...]:
     """The 1000 classes in logit order, read once from the vendored asset."""
-    text = (importlib.resources.files("polymodal.towers") / "assets" / "imagenet_classes.txt").read_text(
-        encoding="utf-8"
-    )
+    text = _asset_text("imagenet_classes.txt")
     rows = [line.split("\t", 1) for line in text.splitlines() if line.strip()]
-    table = tuple(ImageNetClass(synset, name) for synset, name in rows)
+    wordnet = {}
+    for line in _asset_text("imagenet_wordnet.tsv").splitlines():
+        synset, chain, gloss = line.split("\t")
+        wordnet[synset] = (tuple(h for h in chain.split("; ") if h), gloss)
+    table = tuple(ImageNetClass(synset, name, *wordnet.get(synset, ((), ""))) for synset, name in rows)
     if len(table) != NUM_CLASSES:  # a packaging error, not user input
         raise RuntimeError(f"imagenet_classes.txt: expected {NUM_CLASSES} rows, found {len(table)}")
     return table

@@ -8,7 +8,8 @@ with figures, and ``checkpoint/`` (and ``refit-checkpoint/`` for the refit on tr
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,17 @@ from polymodal import distributed
 from polymodal.data.pairs import PairSet, concat_pairs, load_pairs
 from polymodal.data.record import BadRecord
 from polymodal.eval.aligner_eval import AlignerEvaluation, evaluate_aligner
+from polymodal.eval.eval_sets import evaluate_sets, headline
 from polymodal.models.aligner import AlignerConfig
 from polymodal.models.build import build_model
 from polymodal.models.io import save_model
 from polymodal.models.protocol import DualEncoder
 from polymodal.models.support import build_support_set
+from polymodal.models.transfer import TransferConfig
 from polymodal.train.checkpoint import atomic_write_json, find_checkpoint_dir
 from polymodal.train.feature_cache import FeatureCache, default_cache_dir
 from polymodal.train.fit import DualEncoderTrainer, FitResult, TrainConfig, check_resume, seed_everything
+from polymodal.train.trunk_features import attach_transfer
 
 
 @dataclass
@@ -37,6 +41,7 @@ class RunResult:
     bad: list[BadRecord]
     seconds: float
     refit: FitResult | None = None  # the train+val refit, when TrainConfig.refit is on
+    eval_sets: dict[str, dict[str, Any]] = field(default_factory=dict)  # source -> its evaluation block
 
 
 def _dedupe(bad: list[BadRecord]) -> list[BadRecord]:
@@ -59,9 +64,20 @@ def train_aligner(
     cache_dir: str | Path | None = "default",
     report: bool = True,
     progress: bool = True,
+    also_train_on: Sequence[str] = (),
+    transfer: TransferConfig | None = None,
+    eval_sets: Sequence[str] = (),
 ) -> RunResult:
     """Train any dual encoder (an aligner by default) on ``data``'s train split, stop early on val, refit on
-    train+val for the chosen epoch count if ``train_config.refit``, evaluate once on test, write the run folder."""
+    train+val for the chosen epoch count if ``train_config.refit``, evaluate once on test, write the run folder.
+
+    Args:
+        also_train_on: More sources whose train (and, for the refit, val) splits join the training pairs,
+            e.g. the same emoji in other drawing styles; ``data``'s val and test splits stay the measure.
+        transfer: Give the trained aligner an ImageNet-transfer bank (models/transfer.py) with these settings.
+        eval_sets: Sources whose test splits are evaluated once more, each beside the transfer alone, the
+            aligner alone and an aligner trained on ``data`` only (``metrics.json["eval_sets"]``).
+    """
     t0 = time.perf_counter()
     # Under torchrun every process trains; only rank 0 shows progress and writes the run folder.
     main_process = distributed.rank() == 0
@@ -82,21 +98,25 @@ def train_aligner(
             from polymodal.errors import DataError
 
             raise DataError(data, f"the {s} split has {len(ps)} usable pairs; need at least 2")
-    bad = _dedupe([b for ps in splits.values() for b in ps.bad])
+    more = {s: [load_pairs(x, s, strict=strict) for x in also_train_on] for s in ("train", "val")}
+    bad = _dedupe([b for ps in [*splits.values(), *more["train"], *more["val"]] for b in ps.bad])
+    train_pairs = concat_pairs(splits["train"], *more["train"]) if also_train_on else splits["train"]
 
     seed_everything(train_config.seed)
     model = build_model(model_config)
     if hasattr(model, "fit_tokenizer"):  # a from-scratch CLIP learns its tokenizer from the training captions
         model.fit_tokenizer([c for caps in splits["train"].captions for c in caps])
-    trainer = DualEncoderTrainer(model, splits["train"], splits["val"], train_config, cache=cache, progress=progress)
+    trainer = DualEncoderTrainer(model, train_pairs, splits["val"], train_config, cache=cache, progress=progress)
     fit = trainer.fit(out / "checkpoint", resume=resume)
-    fitted_on, refit = splits["train"], None
+    fitted_on, refit = train_pairs, None
     if train_config.refit:
-        fitted_on = concat_pairs(splits["train"], splits["val"])
+        fitted_on = concat_pairs(train_pairs, splits["val"], *more["val"])
         model, refit = _refit(model_config, train_config, fitted_on, splits["val"], fit.best_epoch,
                               out / "refit-checkpoint", cache=cache, resume=resume, progress=progress)
     if not main_process:
         return RunResult(out, {}, {}, fit, bad, time.perf_counter() - t0, refit)
+    if transfer is not None and hasattr(model, "transfer"):  # before the support set: it embeds images too
+        attach_transfer(model, fitted_on, cache, transfer)
     if hasattr(model, "support"):  # the training pairs' embeddings, saved with the model (models/support.py)
         model.support = build_support_set(model, fitted_on, cache=cache, seed=train_config.seed)
     save_model(model, out, extra={"data": data, "train": asdict(train_config)})
@@ -107,7 +127,11 @@ def train_aligner(
         untrained.set_tokenizer(model.tokenizer)  # the untrained baseline reads text the same way
     ev = evaluate_aligner(model, splits["test"], cache=cache, train=splits["train"], val=splits["val"],
                           untrained=untrained, support=getattr(model, "support", None), progress=progress)
-    result = RunResult(out, ev.metrics, ev.baselines, fit, bad, time.perf_counter() - t0, refit)
+    blocks = {}
+    if eval_sets:
+        references = _references(model, model_config, train_config, splits, cache, bool(also_train_on))
+        blocks = evaluate_sets(model, eval_sets, cache=cache, references=references)
+    result = RunResult(out, ev.metrics, ev.baselines, fit, bad, time.perf_counter() - t0, refit, blocks)
     atomic_write_json(out / "metrics.json", _metrics_json(result, data, splits))
     atomic_write_json(out / "history.json", fit.history)
     if report:
@@ -134,6 +158,28 @@ def _refit(model_config: Any, train_config: TrainConfig, pairs: PairSet, val: Pa
     return model, trainer.fit(checkpoint, resume=resume, fixed_epochs=epochs)
 
 
+def _references(model: Any, model_config: Any, train_config: TrainConfig, splits: dict[str, PairSet],
+                cache: FeatureCache, more_data: bool) -> dict[str, DualEncoder]:
+    """The evaluation sets' reference models: the ImageNet transfer alone and the trained aligner alone
+    (views of ``model``), and, when it trained on more than ``data``, the same recipe on ``data`` alone."""
+    refs: dict[str, DualEncoder] = {}
+    if getattr(model, "transfer", None) is not None:
+        refs["ImageNet transfer alone"] = model.with_transfer(model.transfer.with_settings(gate="always"))
+        refs["aligner alone"] = model.with_transfer(None)
+    if more_data:  # the same recipe, own epoch choice and refit included, on data's pairs alone
+        seed_everything(train_config.seed)
+        single = build_model(model_config)
+        chosen = DualEncoderTrainer(single, splits["train"], splits["val"], train_config, cache=cache,
+                                    progress=False).fit()
+        if train_config.refit:
+            seed_everything(train_config.seed)
+            single = build_model(model_config)
+            DualEncoderTrainer(single, concat_pairs(splits["train"], splits["val"]), splits["val"], train_config,
+                               cache=cache, progress=False).fit(fixed_epochs=chosen.best_epoch)
+        refs[f"{splits['train'].name.split(':')[0]}-only aligner"] = single
+    return refs
+
+
 def _metrics_json(r: RunResult, data: str, splits: dict[str, PairSet]) -> dict[str, Any]:
     return {
         "data": data,
@@ -146,6 +192,7 @@ def _metrics_json(r: RunResult, data: str, splits: dict[str, PairSet]) -> dict[s
         "stopped_early": r.fit.stopped_early,
         # The model saved is the refit on train+val for best_epoch epochs (None: the selection run's best).
         "refit": None if r.refit is None else {"epochs": r.fit.best_epoch, "train_pairs": len(splits["train"]) + len(splits["val"])},
+        "eval_sets": r.eval_sets,
         "bad_records": {"count": len(r.bad), "items": [b.to_dict() for b in r.bad]},
         "seconds": r.seconds,
     }
@@ -196,5 +243,7 @@ def write_run_report(out: Path, r: RunResult, ev: AlignerEvaluation, test: PairS
            "curves are the selection run's."] if r.refit is not None else []),
         "Zero-shot labels were never training targets: captions come from each item's own annotation and tags.",
     ]
+    sections = {f"{source} ({block['split']} split, {block['size']} items)": headline(block)
+                for source, block in r.eval_sets.items()}
     return write_report(out, title="polymodal aligner run", metrics=r.metrics, baselines=r.baselines,
-                        figures=figures, bad_records=r.bad, notes=notes)
+                        figures=figures, bad_records=r.bad, notes=notes, sections=sections)

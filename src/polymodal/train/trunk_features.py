@@ -7,6 +7,7 @@ validation and evaluation. Text trunks are cached per caption string.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -15,8 +16,11 @@ from tqdm.auto import tqdm
 
 from polymodal.data.augment import augmented_view
 from polymodal.data.images import content_hashes
+from polymodal.data.pairs import PairSet
+from polymodal.errors import ConfigError
 from polymodal.models.aligner import TextTrunk
 from polymodal.models.protocol import DualEncoder
+from polymodal.models.transfer import ImageNetTransfer, TransferConfig, build_transfer
 from polymodal.train.feature_cache import FeatureCache, namespace_id, text_content_hash
 
 
@@ -103,3 +107,22 @@ def collate_text_trunks(items: Sequence[Tensor]) -> TextTrunk:
         hidden[i, : t.shape[0]] = t
         mask[i, : t.shape[0]] = 1
     return TextTrunk(hidden, mask)
+
+
+@torch.no_grad()
+def attach_transfer(model: Any, pairs: PairSet, cache: FeatureCache,
+                    config: TransferConfig | None = None) -> ImageNetTransfer:
+    """Give a locked-tower aligner its ImageNet-transfer bank (models/transfer.py): the 1,000 class names'
+    sentence embeddings, through the cached text trunk, and the pooled features of the images it was
+    trained on (``pairs``, clean view), for the gate. Returns the module it set."""
+
+    def sentences(texts: list[str]) -> Tensor:
+        trunks = text_trunk_features(model, texts, cache=cache, progress=False)
+        return torch.cat([model.sentence_features(collate_text_trunks(trunks[i : i + 512]))
+                          for i in range(0, len(trunks), 512)])
+
+    if model.config.unlock_image:
+        raise ConfigError("the ImageNet transfer needs a locked image tower (unlock_image=0)")
+    reference = image_trunk_features(model, pairs.images, view=0, cache=cache, progress=False)
+    model.transfer = build_transfer(model.image_tower._fc, sentences, reference, config)
+    return model.transfer
