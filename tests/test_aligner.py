@@ -279,6 +279,8 @@ def test_the_saved_model_is_the_refit_on_train_and_val(tmp_path, emoji, capsys):
     assert "refit on the train and val pairs" in (tmp_path / "refit" / "report.md").read_text()
     a, b = polymodal.load(tmp_path / "refit"), polymodal.load(tmp_path / "run")
     assert len(a.support.image_emb) == sizes["train"] + sizes["val"] and len(b.support.image_emb) == sizes["train"]
+    # The ImageNet transfer (on by default) is saved with the model; its gate reads the images it trained on.
+    assert len(a.transfer.reference) == sizes["train"] + sizes["val"] and len(b.transfer.reference) == sizes["train"]
     assert not torch.allclose(a.encode_image(imgs), b.encode_image(imgs))
     capsys.readouterr()
     assert main(["eval", "--model", str(tmp_path / "refit"), "--data", str(manifest), "--split", "val", "--json"]) == 0

@@ -70,12 +70,14 @@ def _run(data, out, model_cfg, train_cfg, *, resume, strict, cache, as_json, **r
               help="under torchrun: each process builds only its own logit rows (memory / world size)")
 @click.option("--refit/--no-refit", default=DEMO_TRAIN.refit, show_default=True,
               help="after early stopping, retrain on train+val for the best epoch count and keep that model")
+@click.option("--transfer/--no-transfer", default=True, show_default=True,
+              help="mix in the ImageNet transfer for images far from the training data (locked image tower)")
 @click.option("--resume", is_flag=True, help="continue from OUT/checkpoint (any number of processes)")
 @click.option("--strict", is_flag=True, help="stop at the first bad record instead of skipping it")
 @click.option("--no-cache", is_flag=True, help="do not read or write the feature cache")
 @click.option("--json", "as_json", is_flag=True, help="print metrics.json instead of a table")
 def train(data, out, preset, unlock, unlock_text, epochs, batch_size, lr, views, image_size, seed, accum_steps, local_loss,
-          refit, resume, strict, no_cache, as_json):
+          refit, transfer, resume, strict, no_cache, as_json):
     """Train an aligner (CLIP-style dual encoder on the pretrained towers) or a preset model.
 
     Runs as is on one process, or under torchrun on several (--batch-size is then the global batch):
@@ -91,7 +93,9 @@ def train(data, out, preset, unlock, unlock_text, epochs, batch_size, lr, views,
         model_cfg = replace(DEMO_MODEL, unlock_image=unlock, unlock_text=unlock_text, image_size=image_size)
     train_cfg = replace(DEMO_TRAIN, epochs=epochs, batch_size=batch_size, lr=lr, image_views=views, seed=seed,
                         accum_steps=accum_steps, local_loss=local_loss, refit=refit)
-    _run(data, out, model_cfg, train_cfg, resume=resume, strict=strict, cache=not no_cache, as_json=as_json)
+    use_transfer = transfer and not preset and unlock == 0
+    _run(data, out, model_cfg, train_cfg, resume=resume, strict=strict, cache=not no_cache, as_json=as_json,
+         transfer=DEMO_TRANSFER if use_transfer else None)
 
 
 @click.command()
