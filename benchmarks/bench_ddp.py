@@ -42,8 +42,9 @@ class _Heads(nn.Module):
 
 
 def worker(batch: int, steps: int, out: str) -> None:
-    from polymodal import distributed
-    from polymodal.train import ddp, global_batch
+    from polymodal.core import distributed
+    from polymodal.core import distributed as ddp
+    from polymodal.train import global_batch
 
     with ddp.distributed_session() as env:
         torch.manual_seed(0)

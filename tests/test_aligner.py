@@ -177,7 +177,7 @@ def test_a_fixed_epoch_run_follows_the_same_schedule_and_keeps_its_last_epoch(tm
     fit_b = tr_b.fit(tmp_path / "ckpt", fixed_epochs=2)
     assert [h["epoch"] for h in fit_b.history] == [1, 2] and fit_b.best_epoch == 2 and not fit_b.stopped_early
     np.testing.assert_allclose([h["train_loss"] for h in fit_b.history], losses[:2], rtol=1e-5)
-    from polymodal.train.checkpoint import load_weights
+    from polymodal.core.checkpoint import load_weights
 
     last = load_weights(tmp_path / "ckpt" / "model.safetensors")  # written at the end of epoch 2
     for k, v in model_b.trainable_state_dict().items():

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from polymodal.train import checkpoint as ck
+from polymodal.core import checkpoint as ck
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="SIGKILL and /proc are POSIX")
 
@@ -22,7 +22,7 @@ DRIVER = r"""
 import sys, time
 import torch
 from pathlib import Path
-from polymodal.train import checkpoint as ck
+from polymodal.core import checkpoint as ck
 
 path = Path(sys.argv[1])
 weights = lambda v: {"w": torch.full((1024, 1024), float(v))}  # 4 MB, as a small model's trainable part

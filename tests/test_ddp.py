@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from polymodal.core.distributed import rank_slices
 from polymodal.losses import ClipLoss
 from polymodal.models.aligner import TextTrunk
-from polymodal.train.ddp import rank_slices
 from polymodal.train.global_batch import exact_step_backward
 
 # Adam divides each gradient by its own running RMS, so where two runs add a gradient from different

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from polymodal import distributed
+from polymodal.core import distributed
 from polymodal.errors import ConfigError, ShapeError
 from polymodal.losses import ClipLoss, InfoNCELoss, MarginContrastiveLoss, SigLipLoss
 

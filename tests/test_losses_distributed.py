@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from polymodal import distributed
+from polymodal.core import distributed
 from polymodal.errors import ShapeError
 from polymodal.losses import ClipLoss, SigLipLoss
 

@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from _mmdata import HAVE_VIDEO, make_manifest_dataset, png_bytes
-from polymodal import distributed
+from polymodal.core import distributed
 from polymodal.data.audio import Audio
 from polymodal.data.hashing import content_hash
 from polymodal.data.record import BadRecord, Record

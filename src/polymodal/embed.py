@@ -57,7 +57,7 @@ def save_embeddings(npy: Path, emb: Embeddings) -> Path:
     Returns:
         The path of the row list.
     """
-    from polymodal.train.checkpoint import atomic_write_json
+    from polymodal.core.checkpoint import atomic_write_json
 
     np.save(npy, emb.vectors)
     rows = npy.with_suffix(".rows.json")

@@ -16,7 +16,7 @@ the other batch is a negative. Temperatures are passed as ``logit_scale = log(1 
 ``exp(logit_scale)``, as in OpenCLIP, so an unconstrained parameter keeps the scale positive.
 
 Under ``torch.distributed`` the softmax and sigmoid losses gather features from every process (see
-:mod:`polymodal.distributed`); on one process they are unchanged.
+:mod:`polymodal.core.distributed`); on one process they are unchanged.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from polymodal import distributed
+from polymodal.core import distributed
 from polymodal.errors import ConfigError, ShapeError
 
 # ---------------------------------------------------------------------------------------------------------

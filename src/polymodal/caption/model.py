@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from polymodal.core.checkpoint import atomic_write_json, load_weights, read_folder_config, save_weights
 from polymodal.data.text import WordTokenizer
 from polymodal.errors import CheckpointError, ConfigError, ShapeError
 from polymodal.nn import LearnedPositionalEmbedding, TransformerDecoder
-from polymodal.train.checkpoint import atomic_write_json, load_weights, read_folder_config, save_weights
 
 __all__ = ["CaptionConfig", "Captioner", "load_captioner", "save_captioner"]
 

@@ -24,8 +24,8 @@ def _print_table(metrics: dict, baselines: dict) -> None:
 
 
 def _run(data, out, model_cfg, train_cfg, *, resume, strict, cache, as_json, **recipe) -> None:
-    from polymodal.train.aligner_run import train_aligner
-    from polymodal.train.ddp import distributed_session, is_main
+    from polymodal.core.distributed import distributed_session, is_main
+    from polymodal.recipes.aligner import train_aligner
 
     # Under torchrun: one process group for the run; rank 0 alone prints and writes the run folder.
     with distributed_session():
@@ -118,10 +118,10 @@ def demo(out, resume, as_json):
 @click.option("--json", "as_json", is_flag=True)
 def eval_cmd(model_dir, data, split, as_json):
     """Evaluate a model: retrieval R@k, zero-shot per label kind, linear probe (with train/val)."""
+    from polymodal.core.checkpoint import read_folder_config
     from polymodal.data.pairs import load_pairs
     from polymodal.eval.aligner_eval import evaluate_aligner
     from polymodal.models.io import load
-    from polymodal.train.checkpoint import read_folder_config
     from polymodal.train.feature_cache import FeatureCache, default_cache_dir
 
     model = load(model_dir)
@@ -233,7 +233,7 @@ def embed(model_dir, images_mode, images, texts, out, strict):
 
     if bool(images) == bool(texts):
         raise click.UsageError("give exactly one of --images or --texts")
-    from polymodal.train.ddp import distributed_session, is_main, rank_slices
+    from polymodal.core.distributed import distributed_session, is_main, rank_slices
 
     npy = _output_file(out)  # before any work: a run must not end in "no such folder"
     with distributed_session() as env:
@@ -274,8 +274,8 @@ def _embed_share(model, share: list, *, texts: bool, progress: bool, strict: boo
     """Embed this process's share; under torchrun, rank 0 gets every share's rows in rank order (others: None)."""
     import numpy as np
 
+    from polymodal.core.distributed import gather_to_main
     from polymodal.embed import Embeddings, embed_images, embed_texts
-    from polymodal.train.ddp import gather_to_main
 
     if texts:
         emb = Embeddings(embed_texts(model, [t for _, t in share], progress=progress), [r for r, _ in share])

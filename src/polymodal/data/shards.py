@@ -12,7 +12,7 @@ it is written last, so a folder with an index holds a complete set.
 Reading streams each shard in one pass (no seeks, flat memory) and groups members into samples
 the way ``webdataset`` does, and also notices what ``tarfile`` lets pass silently: a shard that is
 truncated or has a damaged member header (see :func:`read_shard`). :class:`ShardStream` is an
-``IterableDataset`` that splits the shards across ranks (``polymodal.distributed``) and DataLoader
+``IterableDataset`` that splits the shards across ranks (``polymodal.core.distributed``) and DataLoader
 workers, *by shard*: each shard is read by exactly one worker of one rank, so an epoch sees every sample
 once. Samples are mixed by a seeded shuffle buffer.
 """
@@ -37,7 +37,7 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from polymodal import distributed
+from polymodal.core import distributed
 from polymodal.data.decode import FILE_MODALITIES, SUFFIXES, decode, decode_text, modality_of, read_bytes
 from polymodal.data.record import MODALITIES, BadRecord, Record
 from polymodal.errors import ConfigError, DataError
@@ -468,7 +468,7 @@ class ShardStream(IterableDataset):  # type: ignore[type-arg]
         shuffle_buffer: samples held in the shuffle buffer; 0 keeps shard order and sample order.
             With a buffer, the shard order is also permuted every epoch.
         seed: seed of both shuffles; the stream is a function of (seed, epoch, rank, worker).
-        split_by_rank: give each ``polymodal.distributed`` rank its own shards.
+        split_by_rank: give each ``polymodal.core.distributed`` rank its own shards.
         split_by_worker: give each DataLoader worker its own shards.
         strict: raise :class:`DataError` at the first bad sample instead of skipping it.
     """

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from polymodal.core.checkpoint import atomic_write_json, load_weights, read_folder_config, save_weights
 from polymodal.data.text import WordTokenizer
 from polymodal.errors import CheckpointError, ConfigError
 from polymodal.flava.config import FlavaConfig
 from polymodal.flava.model import FlavaModel
 from polymodal.flava.vqa import FlavaForVqa
-from polymodal.train.checkpoint import atomic_write_json, load_weights, read_folder_config, save_weights
 
 KIND = "flava"
 VQA_KIND = "flava-vqa"

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from polymodal.core.checkpoint import atomic_write_json, load_weights, read_folder_config, save_weights
 from polymodal.errors import CheckpointError, ConfigError, ShapeError
-from polymodal.train.checkpoint import atomic_write_json, load_weights, read_folder_config, save_weights
 
 __all__ = ["FlowUNet", "GeneratorConfig", "load_generator", "save_generator"]
 

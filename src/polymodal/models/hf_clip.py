@@ -27,12 +27,12 @@ from tokenizers import Tokenizer as Backend
 from tokenizers import processors
 from torch import Tensor
 
+from polymodal.core.checkpoint import atomic_write_json, load_weights, save_weights
 from polymodal.errors import CheckpointError, ConfigError
 from polymodal.models.clip import CLIP, OPENAI_MEAN, OPENAI_STD, CLIPConfig
 from polymodal.text import load_clip_tokenizer
 from polymodal.towers.text_transformer import TextTransformerConfig
 from polymodal.towers.vit import ViTConfig
-from polymodal.train.checkpoint import atomic_write_json, load_weights, save_weights
 
 WEIGHTS = "model.safetensors"
 # Keys some checkpoints carry that are buffers, not weights (position ids written by older transformers).

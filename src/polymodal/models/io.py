@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from polymodal.core.checkpoint import atomic_write_json, load_weights, read_folder_config, save_weights
 from polymodal.errors import CheckpointError
 from polymodal.models.build import KINDS, build_model, config_from_dict
-from polymodal.train.checkpoint import atomic_write_json, load_weights, read_folder_config, save_weights
 
 FORMAT_VERSION = 1
 

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from polymodal.core.checkpoint import load_weights_and_metadata, save_weights
 from polymodal.errors import CheckpointError, ConfigError, ShapeError
-from polymodal.train.checkpoint import load_weights_and_metadata, save_weights
 
 SUPPORT_FILE = "support.safetensors"
 

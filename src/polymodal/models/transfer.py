@@ -37,9 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from polymodal.core.checkpoint import load_weights_and_metadata, save_weights
 from polymodal.errors import CheckpointError, ConfigError, ShapeError
 from polymodal.towers.imagenet import ImageNetClass, imagenet_class_table
-from polymodal.train.checkpoint import load_weights_and_metadata, save_weights
 
 TRANSFER_FILE = "transfer.safetensors"
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from polymodal.core.checkpoint import atomic_write_bytes, atomic_write_json
 from polymodal.errors import ConfigError, DataError, ShapeError
 from polymodal.search import ann
 from polymodal.search.ann import AnnConfig, AnnInfo
@@ -45,7 +46,6 @@ from polymodal.search.index import (
     transaction,
     vectors_where,
 )
-from polymodal.train.checkpoint import atomic_write_bytes, atomic_write_json
 
 COMPACT_TOMBSTONES = 0.2  # HNSW is rebuilt once this fraction of its nodes are removed items
 REBUILD_GROWTH = 2.0  # an approximate index is rebuilt (and its recall re-measured) once its size changes 2x

@@ -395,8 +395,8 @@ def train_run(
 
 def load_classifier(path: str | Path) -> tuple[MultimodalClassifier, dict[str, Any]]:
     """A saved classifier and its ``config.json``."""
+    from polymodal.core.checkpoint import read_folder_config
     from polymodal.models.io import load
-    from polymodal.train.checkpoint import read_folder_config
 
     cfg = read_folder_config(Path(path), what="classifier", kinds=("classifier",))  # before building any model
     return load(path), cfg

@@ -21,18 +21,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from polymodal import distributed
-from polymodal.data.pairs import PairSet
-from polymodal.errors import ConfigError
-from polymodal.losses import ClipLoss
-from polymodal.models.protocol import DualEncoder
-from polymodal.train.checkpoint import (
+from polymodal.core import distributed
+from polymodal.core.checkpoint import (
     find_checkpoint_dir,
     load_train_state,
     load_weights,
     save_checkpoint_dir,
 )
-from polymodal.train.ddp import broadcast_params
+from polymodal.core.distributed import broadcast_params
+from polymodal.data.pairs import PairSet
+from polymodal.errors import ConfigError
+from polymodal.losses import ClipLoss
+from polymodal.models.protocol import DualEncoder
 from polymodal.train.feature_cache import FeatureCache
 from polymodal.train.global_batch import run_global_epoch
 from polymodal.train.schedule import warmup_cosine

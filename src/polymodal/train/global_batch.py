@@ -16,7 +16,7 @@ memory, must not shrink the set of negatives. Two standard tricks keep it exact:
   replayed for the second pass, so dropout draws the same masks as in the cached pass, and the
   temperature's gradient is taken in the first pass only, so it is counted once.
 
-The step's gradients are then summed over ranks (:func:`polymodal.train.ddp.all_reduce_grads`); the
+The step's gradients are then summed over ranks (:func:`polymodal.core.distributed.all_reduce_grads`); the
 loss terms are scaled so that the sum is the gradient of the single-process loss of the global batch.
 """
 
@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from polymodal import distributed
-from polymodal.train.ddp import all_reduce_sum, gather_rows, rank_slices
+from polymodal.core import distributed
+from polymodal.core.distributed import all_reduce_sum, gather_rows, rank_slices
 from polymodal.train.trunk_features import collate_text_trunks
 
 
@@ -160,7 +160,7 @@ def run_global_epoch(trainer) -> float:
 
     The global order, views and caption picks are drawn exactly as in the single-process epoch, from a
     generator seeded by ``(seed, epoch)`` alone, so they do not depend on the number of processes; each
-    rank then takes its contiguous slice of every global batch (:func:`polymodal.train.ddp.rank_slices`).
+    rank then takes its contiguous slice of every global batch (:func:`polymodal.core.distributed.rank_slices`).
     Gradients are summed over ranks before clipping, so every rank takes the same optimiser step.
 
     Args:
@@ -171,7 +171,7 @@ def run_global_epoch(trainer) -> float:
     """
     from tqdm.auto import tqdm
 
-    from polymodal.train.ddp import all_reduce_grads, maybe_fail
+    from polymodal.core.distributed import all_reduce_grads, maybe_fail
 
     model, cfg = trainer.model, trainer.config
     world, me = distributed.world_size(), distributed.rank()

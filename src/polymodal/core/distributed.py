@@ -1,4 +1,11 @@
-"""Running polymodal under ``torchrun``: the process group, who logs, and what a lost process does.
+"""Data-parallel training with ``torch.distributed``: the process group, the gathers, who logs.
+
+On one process (the common case on CPU) every helper is a no-op: ``world_size()`` is 1, ``rank()`` is 0
+and the gathers return their input. Under ``torch.distributed`` (gloo on CPU, NCCL on GPUs) they gather
+the per-process batch so that a contrastive loss can score every local example against the negatives of
+the whole global batch, as OpenCLIP's ``ClipLoss`` does (Ilharco et al. 2021; Radford et al. 2021).
+
+Losses call these helpers through the module (``distributed.world_size()``), so tests can patch them.
 
 ``torchrun --nproc-per-node N -m polymodal train ...`` starts N copies of the CLI with ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in their environment.
@@ -34,8 +41,121 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from polymodal import distributed
-from polymodal.errors import ConfigError, PolymodalError
+from polymodal.errors import ConfigError, PolymodalError, ShapeError
+
+# ---------------------------------------------------------------------------------------------------------
+# Process-group queries
+# ---------------------------------------------------------------------------------------------------------
+
+
+def is_dist() -> bool:
+    """Whether a ``torch.distributed`` process group is available and initialised."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    """This process's rank in the default group; 0 when not distributed."""
+    return dist.get_rank() if is_dist() else 0
+
+
+def world_size() -> int:
+    """Number of processes in the default group; 1 when not distributed."""
+    return dist.get_world_size() if is_dist() else 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Gathers
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _check_same_shape(tensor: Tensor, *, name: str) -> None:
+    """Raise ``ShapeError`` on every rank when the ranks' tensors differ in shape.
+
+    ``all_gather`` needs equal shapes; without this check a ragged last batch either hangs or fails deep
+    inside the backend. The check costs one tiny collective.
+    """
+    shape = torch.tensor(tensor.shape, dtype=torch.long, device=tensor.device)
+    shapes = [torch.empty_like(shape) for _ in range(dist.get_world_size())]
+    dist.all_gather(shapes, shape)
+    if any(not torch.equal(s, shapes[0]) for s in shapes):
+        listed = ", ".join(f"rank {r}: {tuple(s.tolist())}" for r, s in enumerate(shapes))
+        raise ShapeError(
+            f"{name}: every process must pass the same shape to the all-gather (drop the last "
+            f"incomplete batch, e.g. DataLoader(drop_last=True)); got {listed}"
+        )
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward routes gradients back to the rank that sent each chunk.
+
+    Every rank's loss may depend on every rank's chunk, so the gradient of the summed loss
+    ``sum_r L_r`` w.r.t. the local chunk is the sum over ranks of each rank's gradient on that slice:
+    an all-reduce (sum) of the full gradient, then the local slice. ``torch.distributed.nn.all_gather``
+    does the same with a reduce-scatter; all-reduce is used here because every backend, gloo included,
+    implements it.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.rank = dist.get_rank()
+        ctx.rows = tensor.shape[0]
+        chunks = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(chunks, tensor.contiguous())
+        return torch.cat(chunks, dim=0)  # (W * n, ...)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        # Clone: all_reduce works in place and autograd may share ``grad`` with other consumers.
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = ctx.rank * ctx.rows
+        return grad[start : start + ctx.rows]  # (n, ...)
+
+
+def all_gather_with_grad(tensor: Tensor, *, name: str = "tensor") -> Tensor:
+    """Concatenate ``tensor`` from every process along dim 0, keeping the autograd graph.
+
+    The backward pass sums, over processes, the gradient each process's loss puts on this process's
+    chunk. So if every rank ``r`` computes ``L_r`` and calls ``backward``, the local chunk receives
+    ``d(sum_r L_r)/d chunk``; DDP's averaging of parameter gradients (divide by ``W``) then yields the
+    gradient of ``mean_r L_r``, the loss of the global batch.
+
+    Args:
+        tensor: ``(n, ...)`` local tensor; every process must pass the same shape.
+        name: argument name used in the error message when the shapes differ.
+
+    Returns:
+        ``(W * n, ...)``: the chunks of ranks ``0 .. W-1`` in order; the input itself when not
+        distributed.
+    """
+    if not is_dist() or dist.get_world_size() == 1:
+        return tensor
+    _check_same_shape(tensor, name=name)
+    return _AllGatherWithGrad.apply(tensor)
+
+
+def all_gather_chunks(tensor: Tensor, *, name: str = "tensor") -> list[Tensor]:
+    """Gather ``tensor`` from every process without gradients.
+
+    Args:
+        tensor: ``(n, ...)`` local tensor; every process must pass the same shape.
+        name: argument name used in the error message when the shapes differ.
+
+    Returns:
+        One ``(n, ...)`` tensor per rank, in rank order, detached from the graph; ``[tensor]`` when not
+        distributed. Callers that want the local gradient put ``tensor`` back at index ``rank()``.
+    """
+    if not is_dist() or dist.get_world_size() == 1:
+        return [tensor]
+    _check_same_shape(tensor, name=name)
+    chunks = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(chunks, tensor.detach().contiguous())
+    return chunks
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Launching under torchrun
+# ---------------------------------------------------------------------------------------------------------
 
 DEFAULT_TIMEOUT_S = 600.0  # a collective that waits longer than this fails the job instead of hanging
 
@@ -128,7 +248,7 @@ def distributed_session(*, timeout_s: float | None = None) -> Iterator[LaunchEnv
         timeout_s: collective timeout; default :func:`timeout_seconds`.
     """
     env = launch_env()
-    if env.world_size == 1 or distributed.is_dist():
+    if env.world_size == 1 or is_dist():
         yield env
         return
     backend = _backend()
@@ -159,12 +279,12 @@ def distributed_session(*, timeout_s: float | None = None) -> Iterator[LaunchEnv
 
 def is_main() -> bool:
     """True on rank 0 (and on a single process): the one process that logs and writes files."""
-    return distributed.rank() == 0
+    return rank() == 0
 
 
 def barrier() -> None:
     """Wait for every rank; a no-op on one process."""
-    if distributed.is_dist():
+    if is_dist():
         dist.barrier()
 
 
@@ -195,7 +315,7 @@ def gather_rows(x: Tensor, counts: Sequence[int], *, name: str = "features") -> 
     """All ranks' rows in rank order, with gradients, when ranks hold different numbers of rows.
 
     ``all_gather`` needs one shape on every rank, so each rank pads its ``(counts[rank], ...)`` rows to
-    ``max(counts)``, gathers through :func:`polymodal.distributed.all_gather_with_grad` and drops the
+    ``max(counts)``, gathers through :func:`all_gather_with_grad` and drops the
     padding. The padding rows get no gradient; every real row gets the sum over ranks of the gradient
     their losses put on it.
 
@@ -208,16 +328,16 @@ def gather_rows(x: Tensor, counts: Sequence[int], *, name: str = "features") -> 
     Returns:
         ``(sum(counts), ...)`` the global rows in rank order; ``x`` itself on one process.
     """
-    if not distributed.is_dist() or len(counts) == 1:
+    if not is_dist() or len(counts) == 1:
         return x
-    me = distributed.rank()
+    me = rank()
     if x.shape[0] != counts[me]:
         raise ValueError(f"{name}: rank {me} has {x.shape[0]} rows but counts says {counts[me]}")
     width = max(counts)
     if x.shape[0] < width:
         pad = x.new_zeros(width - x.shape[0], *x.shape[1:])
         x = torch.cat([x, pad])  # (width, ...)
-    full = distributed.all_gather_with_grad(x, name=name)  # (W * width, ...)
+    full = all_gather_with_grad(x, name=name)  # (W * width, ...)
     return torch.cat([full[r * width : r * width + c] for r, c in enumerate(counts)])  # (sum(counts), ...)
 
 
@@ -232,7 +352,7 @@ def all_reduce_grads(params: Sequence[Tensor]) -> None:
     A parameter without a gradient on this rank contributes zeros, so every rank joins the same
     collective with the same buffer size whatever its data touched.
     """
-    if not distributed.is_dist() or distributed.world_size() == 1:
+    if not is_dist() or world_size() == 1:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])  # (P,)
@@ -247,7 +367,7 @@ def all_reduce_grads(params: Sequence[Tensor]) -> None:
 @torch.no_grad()
 def broadcast_params(params: Sequence[Tensor]) -> None:
     """Copy rank 0's values of ``params`` to every rank (DDP does this when it wraps a model)."""
-    if not distributed.is_dist() or distributed.world_size() == 1:
+    if not is_dist() or world_size() == 1:
         return
     flat = torch.cat([p.detach().reshape(-1) for p in params])  # (P,)
     dist.broadcast(flat, src=0)
@@ -259,7 +379,7 @@ def broadcast_params(params: Sequence[Tensor]) -> None:
 
 def all_reduce_sum(value: float) -> float:
     """A Python float summed over ranks (the value itself on one process)."""
-    if not distributed.is_dist():
+    if not is_dist():
         return value
     t = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
@@ -268,9 +388,9 @@ def all_reduce_sum(value: float) -> float:
 
 def gather_to_main(obj: object) -> list[object] | None:
     """Every rank's ``obj`` on rank 0, in rank order (``None`` on the other ranks); ``[obj]`` alone."""
-    if not distributed.is_dist():
+    if not is_dist():
         return [obj]
-    out: list[object] | None = [None] * distributed.world_size() if is_main() else None
+    out: list[object] | None = [None] * world_size() if is_main() else None
     dist.gather_object(obj, out, dst=0)
     return out
 
@@ -286,7 +406,7 @@ def maybe_fail(step: int) -> None:
     want_rank, want_step = os.environ.get("POLYMODAL_FAIL_RANK"), os.environ.get("POLYMODAL_FAIL_STEP")
     if want_rank is None or want_step is None:
         return
-    if int(want_rank) == distributed.rank() and int(want_step) == step:
-        sys.stderr.write(f"rank {distributed.rank()}: injected failure at step {step}\n")
+    if int(want_rank) == rank() and int(want_step) == step:
+        sys.stderr.write(f"rank {rank()}: injected failure at step {step}\n")
         sys.stderr.flush()
         os._exit(17)

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from polymodal import distributed
+from polymodal.core import distributed
+from polymodal.core.checkpoint import atomic_write_json, find_checkpoint_dir
 from polymodal.data.pairs import PairSet, concat_pairs, load_pairs
 from polymodal.data.record import BadRecord
 from polymodal.eval.aligner_eval import AlignerEvaluation, evaluate_aligner
@@ -26,7 +27,6 @@ from polymodal.models.io import save_model
 from polymodal.models.protocol import DualEncoder
 from polymodal.models.support import build_support_set
 from polymodal.models.transfer import TransferConfig
-from polymodal.train.checkpoint import atomic_write_json, find_checkpoint_dir
 from polymodal.train.feature_cache import FeatureCache, default_cache_dir
 from polymodal.train.fit import DualEncoderTrainer, FitResult, TrainConfig, check_resume, seed_everything
 from polymodal.train.trunk_features import attach_transfer
