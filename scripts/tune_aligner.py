@@ -17,9 +17,10 @@ from polymodal.cli.presets import DEMO_MODEL, DEMO_TRAIN
 from polymodal.data.pairs import load_pairs
 from polymodal.eval.aligner_eval import evaluate_aligner
 from polymodal.models.aligner import Aligner
-from polymodal.models.support import SupportConfig, build_support_set
+from polymodal.models.support import SupportConfig
 from polymodal.train.feature_cache import FeatureCache, default_cache_dir
 from polymodal.train.fit import DualEncoderTrainer, seed_everything
+from polymodal.train.trunk_features import build_support_set
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from PIL import Image
 from polymodal.data.audio import Audio
 from polymodal.data.record import Record
 from polymodal.errors import ConfigError, DataError
+from polymodal.eval import robustness
 from polymodal.models.build import load_preset, preset_names
 from polymodal.models.classifier import ClassifierConfig, MultimodalClassifier, missing_modality_dropout
 from polymodal.models.io import load, save_model
@@ -122,11 +123,12 @@ def test_training_learns_and_selects_on_val() -> None:
 def test_cli_train_and_eval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from polymodal.cli.main import main
 
-    monkeypatch.setattr(classifier_fit, "load_data", lambda spec, splits=("train", "val", "test"), **_: _tiny_data())
+    for module in (classifier_fit, robustness):  # training reads through one, evaluation through the other
+        monkeypatch.setattr(module, "load_data", lambda spec, splits=("train", "val", "test"), **_: _tiny_data())
     out = tmp_path / "m"
     assert main(["fuse", "train", "--data", "builtin:avdigits", "--fusion", "gated", "--out", str(out), "--epochs", "2"]) == 0
     assert (out / "model.safetensors").is_file()
-    res = classifier_fit.evaluate_run(out)
+    res = robustness.evaluate_run(out)
     assert set(res["accuracy"]) == {"all", "missing:image", "missing:audio"}
     assert all(0.0 <= v <= 1.0 for v in res["accuracy"].values())
     assert main(["fuse", "eval", "--model", str(tmp_path / "nothing")]) == 2

@@ -30,14 +30,13 @@ from polymodal.eval.baselines import (
 from polymodal.eval.linear_probe import linear_probe
 from polymodal.eval.report import format_metrics_table, write_report
 from polymodal.eval.retrieval import retrieval_metrics
-from polymodal.eval.templates import EMOJI_TEMPLATES, class_prompts
 from polymodal.eval.zeroshot import (
     build_subclass_classifier,
-    build_zeroshot_classifier,
     classification_metrics,
     subclass_classify,
     zeroshot_classify,
 )
+from polymodal.models.prompts import EMOJI_TEMPLATES, build_zeroshot_classifier, class_prompts
 
 # ---------------------------------------------------------------- helpers
 

@@ -69,7 +69,8 @@ def test_robustness_cli_writes_report_and_plots(tmp_path: Path, monkeypatch: pyt
     from polymodal.cli.main import main
     from test_classifier import _tiny_data
 
-    monkeypatch.setattr(classifier_fit, "load_data", lambda spec, splits=("train", "val", "test"), **_: _tiny_data())
+    for module in (classifier_fit, rb):  # training reads through one, evaluation through the other
+        monkeypatch.setattr(module, "load_data", lambda spec, splits=("train", "val", "test"), **_: _tiny_data())
     for fusion in ("late", "tensor"):
         assert main(["fuse", "train", "--data", "builtin:avdigits", "--fusion", fusion, "--out", str(tmp_path / fusion), "--epochs", "2"]) == 0
     out = tmp_path / "report"

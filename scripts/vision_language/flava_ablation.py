@@ -33,7 +33,6 @@ from polymodal.data.openmoji import OPENMOJI_GROUPS
 from polymodal.data.openmoji_labels import group_text
 from polymodal.data.pairs import load_pairs
 from polymodal.data.shapes import ANSWERS, ShapesConfig, load_shapes
-from polymodal.eval.templates import EMOJI_TEMPLATES
 from polymodal.flava import (
     FlavaConfig,
     FlavaForVqa,
@@ -49,6 +48,7 @@ from polymodal.flava import (
     vqa_tensors,
     zeroshot_classify_images,
 )
+from polymodal.models.prompts import EMOJI_TEMPLATES
 
 RUNS: dict[str, dict[str, float]] = {
     "all": {},

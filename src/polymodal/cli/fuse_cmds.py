@@ -48,7 +48,7 @@ def train_cmd(data: str, fusion: str, preset: str | None, out: str, epochs: int 
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def eval_cmd(model: str, data: str | None, split: str, as_json: bool) -> None:
     """Accuracy with all modalities and with each one missing."""
-    from polymodal.train.classifier_fit import evaluate_run
+    from polymodal.eval.robustness import evaluate_run
 
     r = evaluate_run(model, data=data, split=split)
     if as_json:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Sequence, Set
 
-# Sentence frames shared with the zero-shot templates in polymodal.eval.templates.
+# Sentence frames shared with the zero-shot templates in polymodal.models.prompts.
 FRAMES: tuple[str, ...] = ("an emoji of {}.", "an icon of {}.")
 
 

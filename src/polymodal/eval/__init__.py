@@ -3,7 +3,7 @@
 Definitions follow CLIP_benchmark (LAION): zero-shot classification with prompt ensembling
 (:mod:`~polymodal.eval.zeroshot`), retrieval recall@k (:mod:`~polymodal.eval.retrieval`), a logistic
 regression linear probe (:mod:`~polymodal.eval.linear_probe`, needs scikit-learn). Baselines are in
-:mod:`~polymodal.eval.baselines`, prompt templates in :mod:`~polymodal.eval.templates`, figures in
+:mod:`~polymodal.eval.baselines`, prompt templates in :mod:`~polymodal.models.prompts`, figures in
 :mod:`~polymodal.eval.plots` (matplotlib) and the Markdown/HTML report in :mod:`~polymodal.eval.report`.
 
 Import ``plots`` and ``linear_probe`` from their modules: they load matplotlib and scikit-learn, which
@@ -19,12 +19,13 @@ from polymodal.eval.baselines import (
 )
 from polymodal.eval.report import format_metrics_table, write_report
 from polymodal.eval.retrieval import retrieval_metrics
-from polymodal.eval.templates import DEFAULT_TEMPLATES, EMOJI_TEMPLATES, ICON_TEMPLATES, class_prompts
-from polymodal.eval.zeroshot import (
-    ClassificationMetrics,
+from polymodal.eval.zeroshot import ClassificationMetrics, classification_metrics, zeroshot_classify
+from polymodal.models.prompts import (
+    DEFAULT_TEMPLATES,
+    EMOJI_TEMPLATES,
+    ICON_TEMPLATES,
     build_zeroshot_classifier,
-    classification_metrics,
-    zeroshot_classify,
+    class_prompts,
 )
 
 __all__ = [

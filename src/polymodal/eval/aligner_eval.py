@@ -20,7 +20,6 @@ from polymodal.data.pairs import PairSet
 from polymodal.eval.baselines import classification_baselines, retrieval_baselines
 from polymodal.eval.linear_probe import linear_probe
 from polymodal.eval.retrieval import retrieval_metrics
-from polymodal.eval.templates import EMOJI_TEMPLATES
 from polymodal.eval.zeroshot import (
     ClassificationMetrics,
     SubclassClassifier,
@@ -29,10 +28,16 @@ from polymodal.eval.zeroshot import (
     subclass_classify,
     zeroshot_classify,
 )
+from polymodal.models.prompts import EMOJI_TEMPLATES
 from polymodal.models.protocol import DualEncoder
 from polymodal.models.support import SupportSet
 from polymodal.train.feature_cache import FeatureCache
-from polymodal.train.trunk_features import collate_text_trunks, image_trunk_features, text_trunk_features
+from polymodal.train.trunk_features import (
+    collate_text_trunks,
+    embed_pairs,
+    image_trunk_features,
+    text_trunk_features,
+)
 
 LabelText = Callable[[str, str], str]  # (label kind, class name) -> label text
 Subclasses = Callable[[str, str], list[str]]  # (label kind, class name) -> subclass label texts
@@ -61,15 +66,6 @@ class AlignerEvaluation:
     confusion: dict[str, tuple[list[str], np.ndarray]] = field(default_factory=dict)  # kind -> (classes, cm)
     image_emb: Tensor | None = None
     text_emb: Tensor | None = None
-
-
-@torch.no_grad()
-def embed_pairs(model: DualEncoder, pairs: PairSet, *, cache: FeatureCache, progress: bool = False) -> tuple[Tensor, Tensor]:
-    """L2-normalised image embeddings (clean view) and plain-caption text embeddings."""
-    model.eval()
-    trunk = image_trunk_features(model, pairs.images, view=0, cache=cache, progress=progress, desc=f"{pairs.name} images")
-    img = torch.cat([model.image_features(trunk[i : i + 256]) for i in range(0, len(trunk), 256)])
-    return img, model.encode_text(pairs.texts)
 
 
 @torch.no_grad()

@@ -29,6 +29,7 @@ from polymodal.data.record import Record
 from polymodal.errors import ConfigError
 from polymodal.models.classifier import MultimodalClassifier
 from polymodal.models.classifier_inputs import RawInputs, featurize, raw_inputs
+from polymodal.train.classifier_fit import accuracy, encode_labels, load_classifier, load_data
 
 __all__ = [
     "IMPERFECTIONS",
@@ -234,8 +235,6 @@ class RobustnessReport:
 
 
 def _accuracy(model: MultimodalClassifier, raw: RawInputs, labels: Tensor, drop: str | None = None) -> float:
-    from polymodal.train.classifier_fit import accuracy
-
     inputs = featurize(model.config, raw)
     if drop is not None:
         inputs = inputs.without(drop)
@@ -410,8 +409,6 @@ def robustness_run(
 
     Models are named by their folder name; ``baseline`` is one of ``model_dirs`` (or added to them).
     """
-    from polymodal.train.classifier_fit import encode_labels, load_classifier, load_data
-
     dirs = [Path(p) for p in model_dirs]
     if baseline is not None and Path(baseline) not in dirs:
         dirs.append(Path(baseline))
@@ -434,3 +431,15 @@ def robustness_run(
     if base_name is None:
         base_name = default_baseline(models)  # the one robustness_report picked
     return write_report(reports, out, baseline=base_name)
+
+
+def evaluate_run(path: str | Path, *, data: str | None = None, split: str = "test") -> dict[str, Any]:
+    """``{"accuracy": {"all": A, "missing:image": B, ...}, "data", "split", "n"}`` of a saved classifier."""
+    model, cfg = load_classifier(path)
+    data = data or cfg.get("data")
+    if not data:
+        raise ConfigError(f"{path}: config.json names no data; pass --data")
+    d = load_data(data, splits=(split,))
+    records = d.splits[split]
+    labels = encode_labels(records, model_labels=model.config.labels, label_names=d.label_names, split=split)
+    return {"accuracy": missing_modality_accuracy(model, records, labels), "data": data, "split": split, "n": len(records)}

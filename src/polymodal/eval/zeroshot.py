@@ -9,7 +9,7 @@ what CLIP_benchmark reports for imbalanced test sets.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,82 +19,7 @@ import torch.nn.functional as F
 
 from polymodal.errors import ConfigError, ShapeError
 from polymodal.eval._inputs import as_labels, as_matrix
-
-CLASS_PLACEHOLDER = "{c}"  # where a template takes the class text, as in CLIP_benchmark's templates
-
-
-def fill_template(template: str, classname: str) -> str:
-    """Put ``classname`` where ``template`` says ``{c}``.
-
-    Plain replacement rather than ``str.format``, so that other braces in a template stay as written.
-
-    Args:
-        template: A prompt such as ``"an emoji of {c}."``.
-        classname: The class text to insert.
-    """
-    return template.replace(CLASS_PLACEHOLDER, classname)
-
-
-def _class_prompts(
-    classnames: Sequence[str], templates: Sequence[str] | Mapping[str, Sequence[str]]
-) -> list[list[str]]:
-    """The list of prompt texts of each class, in ``classnames`` order."""
-    if isinstance(templates, dict):
-        missing = [c for c in classnames if c not in templates]
-        if missing:
-            raise ConfigError(f"templates: no prompts for class(es) {missing[:5]}")
-        prompts = [[fill_template(t, c) for t in templates[c]] for c in classnames]
-        empty = [c for c, p in zip(classnames, prompts, strict=True) if not p]
-        if empty:
-            raise ConfigError(f"templates: empty prompt list for class(es) {empty[:5]}")
-        return prompts
-    if isinstance(templates, str) or not templates:
-        raise ConfigError("templates: expected a non-empty list of strings or a dict classname -> prompts")
-    # Shared templates must each name the class, or every class would get the same embedding.
-    unnamed = [t for t in templates if CLASS_PLACEHOLDER not in t]
-    if unnamed:
-        raise ConfigError(f"templates: {unnamed[0]!r} has no '{CLASS_PLACEHOLDER}' placeholder for the class")
-    return [[fill_template(t, c) for t in templates] for c in classnames]
-
-
-@torch.no_grad()
-def build_zeroshot_classifier(
-    encode_text: Callable[[list[str]], torch.Tensor],
-    classnames: list[str],
-    templates: list[str] | dict[str, list[str]],
-) -> torch.Tensor:
-    """Build the zero-shot classifier: one unit-norm prompt-ensemble embedding per class.
-
-    For class ``c`` with prompts ``p_1..p_m``: ``w_c = normalize(mean_j normalize(f(p_j)))`` where ``f`` is
-    the text tower (CLIP, sec. 3.1.4).
-
-    Args:
-        encode_text: Maps a list of texts to their embeddings, shape (len(texts), D).
-        classnames: The class texts, in label order (label ``i`` is ``classnames[i]``).
-        templates: Either prompts shared by all classes, each with a ``{c}`` placeholder, or a dict from
-            class name to its own list of prompts (``{c}`` optional), so label text can be designed.
-
-    Returns:
-        The classifier matrix, shape (D, C), columns L2-normalised.
-    """
-    if not classnames:
-        raise ConfigError("classnames: expected at least one class")
-    if len(set(classnames)) != len(classnames):
-        raise ConfigError("classnames: contains duplicates")
-    return _ensemble_columns(encode_text, _class_prompts(classnames, templates))
-
-
-def _ensemble_columns(encode_text: Callable[[list[str]], torch.Tensor], prompts: list[list[str]]) -> torch.Tensor:
-    """One unit-norm column per prompt list: the normalised mean of its normalised prompt embeddings."""
-    flat = [p for class_prompts in prompts for p in class_prompts]
-    # One call for every prompt: a text tower batches far better than with one small call per class.
-    emb = torch.as_tensor(encode_text(flat)).detach().float().cpu()
-    if emb.ndim != 2 or emb.shape[0] != len(flat):
-        raise ShapeError(f"encode_text: expected shape ({len(flat)}, D) for {len(flat)} prompts, got {tuple(emb.shape)}")
-    columns = []
-    for rows in torch.split(F.normalize(emb, dim=-1), [len(p) for p in prompts]):
-        columns.append(F.normalize(rows.mean(dim=0), dim=0))  # (D,)
-    return torch.stack(columns, dim=1)  # (D, C)
+from polymodal.models.prompts import _class_prompts, _ensemble_columns
 
 
 def zeroshot_classify(

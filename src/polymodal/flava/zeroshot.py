@@ -16,14 +16,10 @@ from torch import Tensor
 
 from polymodal.data.text import WordTokenizer
 from polymodal.errors import ShapeError
-from polymodal.eval.zeroshot import (
-    ClassificationMetrics,
-    build_zeroshot_classifier,
-    classification_metrics,
-    zeroshot_classify,
-)
+from polymodal.eval.zeroshot import ClassificationMetrics, classification_metrics, zeroshot_classify
 from polymodal.flava.data import tokenize
 from polymodal.flava.model import FlavaModel
+from polymodal.models.prompts import build_zeroshot_classifier
 
 
 @torch.no_grad()
@@ -59,7 +55,7 @@ def zeroshot_classify_images(
         images: ``(M, C, S, S)`` normalised pixels.
         labels: ``(M,)`` true class indices into ``classnames``.
         classnames: the classes in label order.
-        prompts: the prompt texts of each class (e.g. from :func:`polymodal.eval.templates.class_prompts`).
+        prompts: the prompt texts of each class (e.g. from :func:`polymodal.models.prompts.class_prompts`).
     """
     if labels.shape != (images.shape[0],):
         raise ShapeError(f"labels: expected ({images.shape[0]},), got {tuple(labels.shape)}")

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from polymodal.errors import ConfigError
 from polymodal.models.heads import ProjectionHead
+from polymodal.models.prompts import DEFAULT_TEMPLATES, build_zeroshot_classifier
 from polymodal.models.support import SUPPORT_FILE, SupportSet
 from polymodal.models.transfer import TRANSFER_FILE, ImageNetTransfer
 from polymodal.towers.efficientnet import EfficientNetLite0
@@ -292,9 +293,6 @@ class Aligner(nn.Module):
             support: Mix each label's prompt ensemble with the images of its nearest training captions
                 (SuS-X style, :class:`~polymodal.models.support.SupportSet`) when the model has a support set.
         """
-        from polymodal.eval.templates import DEFAULT_TEMPLATES
-        from polymodal.eval.zeroshot import build_zeroshot_classifier
-
         if not labels:
             raise ConfigError("zeroshot needs at least one label")
         was_training = self.training

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -121,27 +120,3 @@ class SupportSet:
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: bad support config in the metadata ({e})") from None
         return cls(tensors["image_emb"], tensors["text_emb"], config)
-
-
-@torch.no_grad()
-def build_support_set(
-    model: Any, pairs: Any, *, cache: Any, config: SupportConfig | None = None, max_pairs: int = 100_000, seed: int = 0
-) -> SupportSet:
-    """The support set of ``model`` over a PairSet: its clean images and plain captions, embedded once.
-
-    Args:
-        model: A trained dual encoder.
-        pairs: Its training pairs (``polymodal.data.pairs.PairSet``).
-        cache: The ``FeatureCache`` of the frozen trunks.
-        config: Mixing settings; the defaults were chosen on OpenMoji validation.
-        max_pairs: At most this many pairs are kept (a seeded random subset beyond it), so that a large
-            dataset does not make the model folder large: 100,000 pairs at D = 384 are about 150 MB.
-        seed: Seed of that subset.
-    """
-    from polymodal.eval.aligner_eval import embed_pairs
-
-    if len(pairs) > max_pairs:
-        keep = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))[:max_pairs].sort().values
-        pairs = pairs.take(keep.tolist())  # image files stay undecoded: memory does not grow with the subset
-    image_emb, text_emb = embed_pairs(model, pairs, cache=cache)
-    return SupportSet(image_emb, text_emb, config)

@@ -25,11 +25,10 @@ from polymodal.models.aligner import AlignerConfig
 from polymodal.models.build import build_model
 from polymodal.models.io import save_model
 from polymodal.models.protocol import DualEncoder
-from polymodal.models.support import build_support_set
 from polymodal.models.transfer import TransferConfig
 from polymodal.train.feature_cache import FeatureCache, default_cache_dir
 from polymodal.train.fit import DualEncoderTrainer, FitResult, TrainConfig, check_resume, seed_everything
-from polymodal.train.trunk_features import attach_transfer
+from polymodal.train.trunk_features import attach_transfer, build_support_set
 
 
 @dataclass

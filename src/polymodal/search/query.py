@@ -77,7 +77,7 @@ class Searcher:
     Args:
         index: the open index.
         model: a polymodal model whose ``model_id`` is the index's (``polymodal.load`` sets it).
-        templates: prompt templates for zero-shot (default: polymodal.eval.templates.DEFAULT_TEMPLATES).
+        templates: prompt templates for zero-shot (default: polymodal.models.prompts.DEFAULT_TEMPLATES).
         cache_size: text queries whose embeddings are kept.
         label_cache_size: zero-shot labels whose class vectors are kept.
 
@@ -88,7 +88,7 @@ class Searcher:
     def __init__(self, index: SearchIndex, model: Any, *, templates: Sequence[str] | None = None,
                  cache_size: int = 1024, label_cache_size: int = 8192, model_name: str = "the query model") -> None:
         index.check_model(getattr(model, "model_id", None), model_name=model_name)
-        from polymodal.eval.templates import DEFAULT_TEMPLATES
+        from polymodal.models.prompts import DEFAULT_TEMPLATES
 
         self.index = index
         self.model = model.eval()
@@ -238,7 +238,7 @@ class Searcher:
 
     def _embed_labels(self, names: list[str]) -> torch.Tensor:
         """(D, C) class vectors of one batch of labels, one text-tower pass in the label lane; cached."""
-        from polymodal.eval.zeroshot import build_zeroshot_classifier
+        from polymodal.models.prompts import build_zeroshot_classifier
 
         with self._label_lock, torch.no_grad():
             w = build_zeroshot_classifier(

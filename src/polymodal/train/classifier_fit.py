@@ -400,17 +400,3 @@ def load_classifier(path: str | Path) -> tuple[MultimodalClassifier, dict[str, A
 
     cfg = read_folder_config(Path(path), what="classifier", kinds=("classifier",))  # before building any model
     return load(path), cfg
-
-
-def evaluate_run(path: str | Path, *, data: str | None = None, split: str = "test") -> dict[str, Any]:
-    """``{"accuracy": {"all": A, "missing:image": B, ...}, "data", "split", "n"}`` of a saved classifier."""
-    from polymodal.eval.robustness import missing_modality_accuracy
-
-    model, cfg = load_classifier(path)
-    data = data or cfg.get("data")
-    if not data:
-        raise ConfigError(f"{path}: config.json names no data; pass --data")
-    d = load_data(data, splits=(split,))
-    records = d.splits[split]
-    labels = encode_labels(records, model_labels=model.config.labels, label_names=d.label_names, split=split)
-    return {"accuracy": missing_modality_accuracy(model, records, labels), "data": data, "split": split, "n": len(records)}
