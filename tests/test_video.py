@@ -261,9 +261,8 @@ def test_encoder_checks_shapes() -> None:
         VideoEncoder(MeanColour(4), 8)(torch.randn(1, 3, 3, 4, 4))
 
 
-@pytest.mark.slow
 def test_encoder_learns_motion_direction_from_shape_clips() -> None:
-    """A small CNN per frame + positions + attention pooling tells left from right motion (~10-25 s)."""
+    """A small CNN per frame + positions + attention pooling tells left from right motion (about 3 s on one thread, so it runs in the default suite)."""
     from polymodal.data.shapes import ShapesConfig, load_shapes
 
     cfg = ShapesConfig(image_size=32, max_shapes=1, clip_frames=6)
