@@ -22,8 +22,8 @@ from polymodal.caption import (
     train_captioner,
 )
 from polymodal.caption.decode import _blocked
-from polymodal.data.text import WordTokenizer
 from polymodal.errors import CheckpointError, ConfigError, ShapeError
+from polymodal.text import WordTokenizer
 
 CAPTIONS = ["red heart", "blue heart", "grinning face", "smiling face with smiling eyes", "cat face", "red apple"]
 

@@ -10,9 +10,9 @@ from PIL import Image
 from polymodal.data.audio import Audio
 from polymodal.data.collate import Batch, collate_records
 from polymodal.data.record import BadRecord, Record
-from polymodal.data.text import Tokenize, WordTokenizer
 from polymodal.data.video import Video
 from polymodal.errors import ConfigError, ShapeError
+from polymodal.text import Tokenize, WordTokenizer
 
 
 def video(t: int, value: int) -> Video:

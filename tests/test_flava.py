@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from polymodal.core import distributed
-from polymodal.data.text import WordTokenizer
 from polymodal.errors import CheckpointError, ConfigError, ShapeError
 from polymodal.flava import (
     FlavaConfig,
@@ -47,6 +46,7 @@ from polymodal.losses import (
     mine_hard_negatives,
     patchify,
 )
+from polymodal.text import WordTokenizer
 
 D64 = torch.float64
 

@@ -12,8 +12,8 @@ from polymodal.data.image_transforms import EvalTransform, TrainTransform
 from polymodal.data.loader import DecodeCache, DecodeOptions, ItemTransforms, RecordLoader, _SeedWorker
 from polymodal.data.record import Record
 from polymodal.data.shapes import load_shapes
-from polymodal.data.text import Tokenize, WordTokenizer
 from polymodal.errors import ConfigError
+from polymodal.text import Tokenize, WordTokenizer
 
 
 @pytest.fixture(scope="module")

@@ -34,8 +34,8 @@ from polymodal.caption import (
 )
 from polymodal.caption.attention_plot import plot_cross_attention
 from polymodal.data.openmoji import load_openmoji
-from polymodal.data.text import WordTokenizer
 from polymodal.eval.caption_metrics import bleu, cider_d
+from polymodal.text import WordTokenizer
 
 # Decoding settings tried on val: (name, beam size, length-penalty alpha, no-repeat n-gram size); beam 1 is greedy.
 DECODINGS = [("greedy", 1, 0.0, 0)] + [

@@ -20,9 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from polymodal.core.checkpoint import atomic_write_json, load_weights, read_folder_config, save_weights
-from polymodal.data.text import WordTokenizer
 from polymodal.errors import CheckpointError, ConfigError, ShapeError
 from polymodal.nn import LearnedPositionalEmbedding, TransformerDecoder
+from polymodal.text import WordTokenizer
 
 __all__ = ["CaptionConfig", "Captioner", "load_captioner", "save_captioner"]
 

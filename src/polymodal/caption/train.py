@@ -20,8 +20,8 @@ from PIL import Image
 from torch import Tensor
 
 from polymodal.caption.model import CaptionConfig, Captioner
-from polymodal.data.text import WordTokenizer
 from polymodal.errors import ConfigError, ShapeError
+from polymodal.text import WordTokenizer
 from polymodal.towers.efficientnet import EfficientNetLite0
 from polymodal.towers.efficientnet_runner import EfficientNetLite0Runner
 from polymodal.towers.preprocess import images_to_tensor

@@ -132,8 +132,8 @@ def collate_records(
     Args:
         records: the records, any mix of present and missing modalities.
         image_fn: per-record image -> tensor; all results must have one shape.
-        text_fn: list of texts -> token batch (e.g. a :class:`~polymodal.data.text.TextTokenizer`'s
-            ``encode`` with ``max_length`` bound, as :class:`~polymodal.data.text.Tokenize` does); called on
+        text_fn: list of texts -> token batch; the caller passes its tokenizer in (e.g.
+            ``polymodal.text.Tokenize(tokenizer, max_length)``: the data layer imports no tokenizer); called on
             the present texts only; rows without text get ``text_fn.pad_id`` (0 if it has none) and a zero
             attention mask. ``None`` keeps only ``Batch.texts``.
         audio_fn: per-record audio -> tensor ``(..., L)``; ``L`` may differ between records.

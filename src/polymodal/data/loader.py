@@ -378,7 +378,7 @@ class RecordLoader:
         seed: base seed of shuffling, augmentation and workers.
         drop_last: drop the last incomplete batch.
         transforms: per-record transforms (see :class:`ItemTransforms`).
-        text_fn: batch tokenizer (e.g. :class:`~polymodal.data.text.Tokenize`); ``None`` keeps raw texts.
+        text_fn: batch tokenizer (e.g. ``polymodal.text.Tokenize``); ``None`` keeps raw texts.
         label_fn: label to class index (function or dict); ``None`` requires int labels.
         image_fn: collate-time image conversion after ``transforms`` (default: see ``collate``).
         audio_fn: collate-time audio conversion.

@@ -1,7 +1,7 @@
 """Inputs of the FLAVA-style model: pixels at the model's size, and one word vocabulary for all its texts.
 
 Images become ``(B, 3, S, S)`` float tensors scaled to ``[-1, 1]`` (``(x - 0.5) / 0.5``); the MIM target is
-computed from these same pixels. Texts go through a :class:`~polymodal.data.text.WordTokenizer`, whose
+computed from these same pixels. Texts go through a :class:`~polymodal.text.WordTokenizer`, whose
 ``<pad>``, ``<unk>``, ``<bos>`` and ``<eos>`` are the special ids masking leaves alone.
 """
 
@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from polymodal.data.text import TokenBatch, WordTokenizer
 from polymodal.errors import ConfigError, ShapeError
+from polymodal.text import TokenBatch, WordTokenizer
 
 SPECIAL_IDS: tuple[int, ...] = (WordTokenizer.PAD, WordTokenizer.UNK, WordTokenizer.BOS, WordTokenizer.EOS)
 

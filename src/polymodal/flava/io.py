@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from polymodal.core.checkpoint import atomic_write_json, load_weights, read_folder_config, save_weights
-from polymodal.data.text import WordTokenizer
 from polymodal.errors import CheckpointError, ConfigError
 from polymodal.flava.config import FlavaConfig
 from polymodal.flava.model import FlavaModel
 from polymodal.flava.vqa import FlavaForVqa
+from polymodal.text import WordTokenizer
 
 KIND = "flava"
 VQA_KIND = "flava-vqa"

@@ -33,7 +33,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from polymodal.data.text import WordTokenizer
 from polymodal.errors import ShapeError
 from polymodal.flava.config import OBJECTIVES, PretrainConfig
 from polymodal.flava.data import SPECIAL_IDS, tokenize
@@ -49,6 +48,7 @@ from polymodal.losses import (
     mine_hard_negatives,
     patchify,
 )
+from polymodal.text import WordTokenizer
 from polymodal.train.schedule import warmup_cosine
 
 

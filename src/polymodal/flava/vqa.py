@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polymodal.data.record import Record
-from polymodal.data.text import WordTokenizer
 from polymodal.errors import ConfigError, DataError, ShapeError
 from polymodal.flava.data import pixels, tokenize
 from polymodal.flava.model import FlavaModel
 from polymodal.flava.pretrain import param_groups
+from polymodal.text import WordTokenizer
 from polymodal.train.schedule import warmup_cosine
 
 

@@ -14,12 +14,12 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from polymodal.data.text import WordTokenizer
 from polymodal.errors import ShapeError
 from polymodal.eval.zeroshot import ClassificationMetrics, classification_metrics, zeroshot_classify
 from polymodal.flava.data import tokenize
 from polymodal.flava.model import FlavaModel
 from polymodal.models.prompts import build_zeroshot_classifier
+from polymodal.text import WordTokenizer
 
 
 @torch.no_grad()

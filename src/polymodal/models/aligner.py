@@ -29,9 +29,10 @@ from polymodal.models.heads import ProjectionHead
 from polymodal.models.prompts import DEFAULT_TEMPLATES, build_zeroshot_classifier
 from polymodal.models.support import SUPPORT_FILE, SupportSet
 from polymodal.models.transfer import TRANSFER_FILE, ImageNetTransfer
+from polymodal.text import TokenBatch
 from polymodal.towers.efficientnet import EfficientNetLite0
 from polymodal.towers.efficientnet_runner import EfficientNetLite0Runner
-from polymodal.towers.minilm import MiniLMTextTower, TokenBatch
+from polymodal.towers.minilm import MiniLMTextTower
 from polymodal.towers.preprocess import FITS, images_to_tensor, preprocess_id
 
 IMAGE_BLOCKS = 16  # MBConv blocks of EfficientNet-Lite0

