@@ -177,9 +177,8 @@ def pack(
     rows = [[bos_id, *list(body)[:keep], eot_id] for body in bodies]
     truncated = sum(1 for body in bodies if len(body) > keep)
     width = max_length if pad_to_context or not rows else max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
+    # One tensor from padded lists: a per-row copy costs more than the tokenization of a short caption.
+    ids = torch.tensor([row + [pad_id] * (width - len(row)) for row in rows], dtype=torch.long).view(len(rows), width)
+    lengths = torch.tensor([len(row) for row in rows], dtype=torch.long)
+    mask = (torch.arange(width) < lengths[:, None]).long()  # (B, T)
     return TokenBatch(ids, mask, replaced=replaced, truncated=truncated)
