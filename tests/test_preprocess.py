@@ -14,6 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
+from polymodal.data.pixels import ImagePreprocess, Normalization, preprocess_images
+from polymodal.errors import ConfigError, DataError
+
 # ------------------------------------------------------------------------------------------ images
 
 
@@ -150,10 +153,12 @@ def assert_identical(got: torch.Tensor, want: torch.Tensor) -> None:
 @pytest.mark.parametrize("fit", ["crop", "pad"])
 @pytest.mark.parametrize("size", [24, 32])
 def test_efficientnet_tower_pixels_are_unchanged(size: int, fit: str) -> None:
-    from polymodal.towers.preprocess import images_to_tensor
+    from polymodal.towers.preprocess import effnet_preprocess
 
     images = [IMAGES[n] for n in NAMES]
-    assert_identical(images_to_tensor(images, size=size, fit=fit), stack([ref_effnet(im, size, fit) for im in images]))
+    want = stack([ref_effnet(im, size, fit) for im in images])
+    assert_identical(effnet_preprocess(size, fit)(images), want)
+    assert_identical(preprocess_images(images, ImagePreprocess.effnet(size, fit)), want)
 
 
 def test_clip_pixels_are_unchanged() -> None:
@@ -204,7 +209,108 @@ def test_classifier_pixels_are_unchanged(channels: int) -> None:
 
 
 def test_hugging_face_clip_eval_pixels_are_unchanged() -> None:
-    from polymodal.data.image_transforms import EvalTransform
-
     for n in NAMES:
-        assert_identical(EvalTransform.clip(16)(IMAGES[n]), torch.from_numpy(ref_hf_clip(IMAGES[n], 16)))
+        assert_identical(ImagePreprocess.hf_clip(16).one(IMAGES[n]), torch.from_numpy(ref_hf_clip(IMAGES[n], 16)))
+
+
+# ------------------------------------------------------------------------------------------ models carry theirs
+
+
+def test_every_model_carries_its_preprocessing() -> None:
+    """Each model's ``preprocess`` is its ``image_preprocess`` spec, and the spec reproduces the old pixels."""
+    from polymodal.caption.model import CaptionConfig, Captioner
+    from polymodal.data.text import WordTokenizer
+    from polymodal.flava.config import FlavaConfig
+    from polymodal.flava.model import FlavaModel
+    from polymodal.generate.model import FlowUNet, GeneratorConfig
+    from polymodal.models.classifier import ClassifierConfig, MultimodalClassifier
+    from polymodal.models.classifier_encoders import ImageEncoderConfig
+
+    images = [IMAGES[n] for n in NAMES]
+    flava = FlavaModel(FlavaConfig(vocab_size=16, image_size=16, patch_size=8, width=16, heads=2))
+    assert_identical(flava.preprocess(images), stack([ref_flava(im, 16) for im in images]))
+    gen = FlowUNet(GeneratorConfig(image_size=8))
+    assert_identical(gen.image_preprocess(images), stack([ref_generator(im, 8) for im in images]))
+    clf = MultimodalClassifier(ClassifierConfig(
+        encoders={"image": ImageEncoderConfig(channels=3, image_size=12, widths=(4, 4))}, labels=("a", "b")))
+    assert clf.image_preprocess is not None
+    assert_identical(clf.image_preprocess(images), stack([ref_classifier(im, 12, 3) for im in images]))
+    tok = WordTokenizer.build(["a b"])
+    cap = Captioner(CaptionConfig(vocab_size=tok.vocab_size, image_size=32), tok)
+    assert_identical(cap.image_preprocess(images), stack([ref_effnet(im, 32, "crop") for im in images]))
+
+
+# ------------------------------------------------------------------------------------------ the spec
+
+
+def test_spec_round_trips_through_json() -> None:
+    import json
+
+    from polymodal.flava.data import image_preprocess as flava_spec
+
+    specs = [ImagePreprocess.effnet(224, "pad"), ImagePreprocess.clip(32, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6)),
+             ImagePreprocess.hf_clip(24), flava_spec(16, channels=1)]
+    for spec in specs:
+        back = ImagePreprocess.from_dict(json.loads(json.dumps(spec.to_dict())))
+        assert back == spec and back.id == spec.id
+    assert len({s.id for s in specs}) == len(specs)
+    with pytest.raises(ConfigError, match="unknown image preprocessing keys: colour"):
+        ImagePreprocess.from_dict({"size": 8, "colour": "rgb"})
+
+
+def test_spec_validates_its_fields() -> None:
+    with pytest.raises(ConfigError, match="fit must be one of crop, pad, squash"):
+        ImagePreprocess(size=8, fit="stretch")
+    with pytest.raises(ConfigError, match="resize must be an int >= size=32"):
+        ImagePreprocess(size=32, resize=16)
+    with pytest.raises(ConfigError, match="1 channels but a normalisation of 3"):
+        ImagePreprocess(size=8, channels=1)
+    with pytest.raises(ConfigError, match="positive stds"):
+        Normalization((0.0, 0.0, 0.0), (1.0, 0.0, 1.0))
+    with pytest.raises(ConfigError, match="size must be a positive int"):
+        ImagePreprocess(size=0)
+
+
+def test_bad_images_are_named_errors() -> None:
+    spec = ImagePreprocess(size=8)
+    with pytest.raises(DataError, match="expected a PIL.Image.Image or a uint8 array, got list"):
+        spec([[1, 2, 3]])  # type: ignore[list-item]
+    with pytest.raises(DataError, match="got a float32 array of shape \\(4, 4, 3\\)"):
+        spec([np.zeros((4, 4, 3), dtype=np.float32)])
+    with pytest.raises(DataError, match="single image"):
+        spec(IMAGES["tall"])  # type: ignore[arg-type]
+    empty = Image.new("RGB", (0, 3))
+    with pytest.raises(DataError, match="no pixels"):
+        spec([empty])
+    assert spec([]).shape == (0, 3, 8, 8)
+
+
+def test_arrays_and_images_give_the_same_input() -> None:
+    spec = ImagePreprocess.clip(16)
+    arrays = [np.asarray(IMAGES[n]) for n in ("tall", "rgba", "grey")]
+    assert_identical(spec(arrays), spec([Image.fromarray(a) for a in arrays]))
+
+
+def test_with_size_keeps_the_crop_margin() -> None:
+    spec = ImagePreprocess.effnet(224).with_size(96)
+    assert spec == ImagePreprocess.effnet(96) and spec.resize == 128
+    assert ImagePreprocess.clip(224).with_size(64) == ImagePreprocess.clip(64)
+
+
+@pytest.mark.parametrize("unit_stats", [True, False])
+def test_hugging_face_processor_config_does_what_the_spec_does(unit_stats: bool) -> None:
+    """``preprocessor_config.json`` written for a spec makes transformers' CLIPImageProcessor compute it."""
+    transformers = pytest.importorskip("transformers")
+    from dataclasses import replace
+
+    from polymodal.models.hf_clip import preprocessor_config
+
+    spec = replace(ImagePreprocess.clip(32), alpha="drop", long_side="floor") if unit_stats else ImagePreprocess.hf_clip(32)
+    config = {k: v for k, v in preprocessor_config(spec).items() if k != "image_processor_type"}
+    processor_cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    processor = processor_cls(**config)
+    for n in ("tall", "wide", "strip", "grey"):
+        ref = processor(images=IMAGES[n].convert("RGB"), return_tensors="pt")["pixel_values"][0]
+        torch.testing.assert_close(spec.one(IMAGES[n]), ref, atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match="only centre-crops RGB"):
+        preprocessor_config(ImagePreprocess(size=8, fit="squash"))
