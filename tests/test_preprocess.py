@@ -314,3 +314,15 @@ def test_hugging_face_processor_config_does_what_the_spec_does(unit_stats: bool)
         torch.testing.assert_close(spec.one(IMAGES[n]), ref, atol=1e-5, rtol=0)
     with pytest.raises(ConfigError, match="only centre-crops RGB"):
         preprocessor_config(ImagePreprocess(size=8, fit="squash"))
+
+
+def test_normalization_leaves_its_input_alone_and_keeps_cache_ids() -> None:
+    from polymodal.towers.preprocess import PREPROCESS_ID, preprocess_id
+
+    x = torch.full((3, 2, 2), 255.0)
+    out = Normalization((0.5,) * 3, (0.5,) * 3, scale=255.0)(x)
+    assert torch.equal(out, torch.ones(3, 2, 2)) and torch.equal(x, torch.full((3, 2, 2), 255.0))
+    assert torch.equal(Normalization()(torch.full((1, 3, 1, 1), 7, dtype=torch.uint8)), torch.full((1, 3, 1, 1), 7.0))
+    # caches of tower outputs written before the refactor stay valid: the ids did not change
+    assert PREPROCESS_ID == "effnet-lite0:224:bicubic:center256:x-127/128"
+    assert preprocess_id(128, "pad") == "effnet-lite0:128:bicubic:padsquare:x-127/128"
