@@ -1,4 +1,4 @@
-"""Image preprocessing parity with the tower's own code and Hugging Face's CLIP processor; seeded augmentations."""
+"""Image preprocessing parity with Hugging Face's CLIP processor; seeded augmentations."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from polymodal.data.image_transforms import (
     EFFNET,
     IMAGENET,
     ColorJitter,
-    EvalTransform,
     TrainTransform,
     to_float_tensor,
 )
+from polymodal.data.pixels import ImagePreprocess
 from polymodal.errors import ConfigError, DataError
 
 SHAPES = [(50, 70), (70, 50), (33, 33), (200, 31)]
@@ -28,21 +28,13 @@ def noise(h: int, w: int, seed: int = 0) -> Image.Image:
 
 
 @pytest.mark.parametrize("hw", SHAPES)
-def test_effnet_eval_equals_the_tower_preprocessing(hw: tuple[int, int]) -> None:
-    from polymodal.towers.preprocess import image_to_tensor
-
-    img = noise(*hw)
-    assert torch.equal(EvalTransform.effnet(24)(img), image_to_tensor(img, 24))
-
-
-@pytest.mark.parametrize("hw", SHAPES)
 def test_clip_eval_matches_transformers(hw: tuple[int, int]) -> None:
     transformers = pytest.importorskip("transformers")
     processor_cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
     processor = processor_cls(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     img = noise(*hw, seed=1)
     ref = processor(images=img, return_tensors="pt")["pixel_values"][0]
-    torch.testing.assert_close(EvalTransform.clip(32)(img), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ImagePreprocess.hf_clip(32).one(img), ref, atol=1e-5, rtol=0)
 
 
 def test_normalizations() -> None:
@@ -54,9 +46,9 @@ def test_normalizations() -> None:
     )
     assert CLIP.mean[0] == pytest.approx(0.48145466 * 255)
     with pytest.raises(ConfigError):
-        EvalTransform(size=32, resize=16)
+        ImagePreprocess(size=32, resize=16)
     with pytest.raises(DataError, match="expected a PIL"):
-        EvalTransform()(np.zeros((4, 4, 3)))  # type: ignore[arg-type]
+        ImagePreprocess().one(np.zeros((4, 4, 3)))
 
 
 def test_train_transform_is_seeded_by_its_generator() -> None:
@@ -72,7 +64,7 @@ def test_train_transform_is_seeded_by_its_generator() -> None:
 def test_identity_crop_and_flip() -> None:
     img = noise(40, 40)
     full = TrainTransform(size=20, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0)
-    plain = EvalTransform(size=20)
+    plain = ImagePreprocess(size=20, normalization=EFFNET).one
     g = torch.Generator().manual_seed(0)
     assert torch.equal(full(img, generator=g), plain(img))
     flipped = TrainTransform(size=20, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=1.0)(img, generator=g)

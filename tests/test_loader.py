@@ -8,12 +8,16 @@ import pytest
 import soundfile
 import torch
 
-from polymodal.data.image_transforms import EvalTransform, TrainTransform
+from polymodal.data.image_transforms import TrainTransform
 from polymodal.data.loader import DecodeCache, DecodeOptions, ItemTransforms, RecordLoader, _SeedWorker
+from polymodal.data.pixels import EFFNET, ImagePreprocess
 from polymodal.data.record import Record
 from polymodal.data.shapes import load_shapes
 from polymodal.errors import ConfigError
 from polymodal.text import Tokenize, WordTokenizer
+
+# The deterministic per-image transform: shorter side to 16, centre crop, EfficientNet's (x - 127) / 128.
+EVAL_16 = ImagePreprocess(size=16, long_side="floor", normalization=EFFNET).one
 
 
 @pytest.fixture(scope="module")
@@ -95,17 +99,17 @@ def test_epochs_and_seeds_change_order_and_augmentation(files: tuple[list[Record
 def test_decode_cache(files: tuple[list[Record], set[str]], tmp_path) -> None:
     records, _ = files
     good = [Record(image=r.image, key=r.key) for i, r in enumerate(records) if i not in (5, 17)][:8]
-    plain = RecordLoader(good, batch_size=4, image_fn=EvalTransform(size=16))
+    plain = RecordLoader(good, batch_size=4, image_fn=EVAL_16)
     reference = torch.cat([b.image for b in plain])
     cache = DecodeCache(memory_items=0, directory=tmp_path / "cache")
-    cached = RecordLoader(good, batch_size=4, image_fn=EvalTransform(size=16), cache=cache)
+    cached = RecordLoader(good, batch_size=4, image_fn=EVAL_16, cache=cache)
     first = torch.cat([b.image for b in cached])
     assert (cache.hits, cache.misses) == (0, 8) and len(list((tmp_path / "cache").glob("*.npz"))) == 8
     second = torch.cat([b.image for b in cached])
     assert (cache.hits, cache.misses) == (8, 8)
     assert torch.equal(first, reference) and torch.equal(second, reference)
     # the disk level serves worker processes too (their counters are their own): same pixels
-    workers = RecordLoader(good, batch_size=4, image_fn=EvalTransform(size=16), cache=cache, num_workers=2)
+    workers = RecordLoader(good, batch_size=4, image_fn=EVAL_16, cache=cache, num_workers=2)
     assert torch.equal(torch.cat([b.image for b in workers]), reference)
     memory = DecodeCache(memory_items=2)
     for r in good[:3] + good[:1]:

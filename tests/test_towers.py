@@ -18,7 +18,7 @@ from polymodal.towers.efficientnet import EfficientNetLite0, EfficientNetLiteCon
 from polymodal.towers.efficientnet_runner import EfficientNetLite0Runner
 from polymodal.towers.imagenet import imagenet_class_table, imagenet_top5
 from polymodal.towers.minilm import BertConfig, MiniLMTextTower, default_model_dir
-from polymodal.towers.preprocess import PREPROCESS_ID, image_to_tensor, images_to_tensor
+from polymodal.towers.preprocess import PREPROCESS_ID, effnet_preprocess
 
 SENTENCES = [
     "A dog.",
@@ -111,7 +111,7 @@ def test_same_padding_matches_tensorflow_rule() -> None:
 def test_fused_inference_model_matches(effnet: EfficientNetLite0) -> None:
     fused = effnet.inference_optimized()
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
-    x = images_to_tensor([sample_image("china.jpg"), sample_image("flower.jpg")], size=128)
+    x = effnet_preprocess(128)([sample_image("china.jpg"), sample_image("flower.jpg")])
     with torch.inference_mode():
         torch.testing.assert_close(fused(x), effnet(x), atol=1e-4, rtol=0)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in effnet.modules())  # original untouched
@@ -124,7 +124,7 @@ def test_runner_matches_model(effnet: EfficientNetLite0, onednn: bool, monkeypat
     elif not torch.backends.mkldnn.is_available():
         pytest.skip("no oneDNN in this PyTorch build")
     threads = torch.get_num_threads()
-    images = images_to_tensor([sample_image("china.jpg"), sample_image("flower.jpg")] * 2, size=96)
+    images = effnet_preprocess(96)([sample_image("china.jpg"), sample_image("flower.jpg")] * 2)
     odd = torch.randn(5, 3, 70, 45)
     training = copy.deepcopy(effnet).train()  # the runner must behave as eval mode regardless
     with EfficientNetLite0Runner(training, threads=2, chunk_size=2, image_size=96) as runner:
@@ -175,17 +175,17 @@ def test_image_to_tensor_scaling_and_center_crop() -> None:
     # 256 (-> 512x256) and cropping the centre 224, every pixel is in the bright band.
     arr = np.zeros((200, 400, 3), dtype=np.uint8)
     arr[:, 100:300] = 255
-    x = image_to_tensor(Image.fromarray(arr))
+    x = effnet_preprocess().one(Image.fromarray(arr))
     assert x.shape == (3, 224, 224) and x.dtype == torch.float32
     assert torch.allclose(x[:, 8:-8, 8:-8], torch.ones(()), atol=1e-6)  # (255 - 127) / 128
-    grey = image_to_tensor(Image.new("L", (50, 80), 127), size=32)
+    grey = effnet_preprocess(32).one(Image.new("L", (50, 80), 127))
     assert grey.shape == (3, 32, 32) and torch.count_nonzero(grey) == 0
-    batch = images_to_tensor([Image.new("RGBA", (10, 10)), Image.new("RGB", (7, 30))], size=16)
+    batch = effnet_preprocess(16)([Image.new("RGBA", (10, 10)), Image.new("RGB", (7, 30))])
     assert batch.shape == (2, 3, 16, 16)
-    assert images_to_tensor([]).shape == (0, 3, 224, 224)
+    assert effnet_preprocess()([]).shape == (0, 3, 224, 224)
     assert PREPROCESS_ID.startswith("effnet-lite0:224:bicubic")
     with pytest.raises(DataError, match="PIL"):
-        image_to_tensor(np.zeros((4, 4, 3)))  # type: ignore[arg-type]
+        effnet_preprocess().one(np.zeros((4, 4, 3)))
 
 
 # --- text tower -----------------------------------------------------------------------------------

@@ -89,7 +89,11 @@ def test_class_prompts_use_lemmas_hypernym_and_gloss() -> None:
 
 
 def test_pad_keeps_the_whole_image_and_square_images_are_unchanged() -> None:
-    from polymodal.towers.preprocess import image_to_tensor, pad_to_square, preprocess_id
+    from polymodal.data.pixels import pad_to_square
+    from polymodal.towers.preprocess import effnet_preprocess, preprocess_id
+
+    def image_to_tensor(img: Image.Image, size: int, fit: str) -> torch.Tensor:
+        return effnet_preprocess(size, fit).one(img)
 
     wide = Image.new("RGB", (200, 50), (255, 255, 255))
     wide.paste((255, 0, 0), (0, 0, 10, 50))  # a red strip at the far left end

@@ -20,9 +20,11 @@ import torch
 from torch import Tensor, nn
 
 from polymodal.core.checkpoint import atomic_write_json, load_weights, read_folder_config, save_weights
+from polymodal.data.pixels import ImagePreprocess
 from polymodal.errors import CheckpointError, ConfigError, ShapeError
 from polymodal.nn import LearnedPositionalEmbedding, TransformerDecoder
 from polymodal.text import WordTokenizer
+from polymodal.towers.preprocess import effnet_preprocess
 
 __all__ = ["CaptionConfig", "Captioner", "load_captioner", "save_captioner"]
 
@@ -99,6 +101,11 @@ class Captioner(nn.Module):
         self.decoder = TransformerDecoder(c.dim, c.heads, c.depth, dropout=c.dropout, norm_first=True)
         self.head = nn.Linear(c.dim, c.vocab_size, bias=False)
         self.head.weight = self.embed.weight  # weight tying (Press & Wolf 2017): fewer parameters, better LM
+
+    @property
+    def image_preprocess(self) -> ImagePreprocess:
+        """How images enter the frozen tower whose grids this model reads (at the recorded ``image_size``)."""
+        return effnet_preprocess(self.config.image_size)
 
     # ------------------------------------------------------------------ pieces
     def memory(self, grid: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ from polymodal.errors import ConfigError, ShapeError
 from polymodal.text import WordTokenizer
 from polymodal.towers.efficientnet import EfficientNetLite0
 from polymodal.towers.efficientnet_runner import EfficientNetLite0Runner
-from polymodal.towers.preprocess import images_to_tensor
+from polymodal.towers.preprocess import effnet_preprocess
 
 __all__ = ["CaptionTrainConfig", "CaptionTrainResult", "caption_loss", "extract_grids", "train_captioner"]
 
@@ -50,9 +50,10 @@ def extract_grids(
     """
     tower = EfficientNetLite0.pretrained() if tower is None else tower
     runner = EfficientNetLite0Runner(tower, image_size=image_size)
+    prep = effnet_preprocess(image_size)  # = Captioner.image_preprocess at this size
     try:
         out = [
-            runner.forward_features(images_to_tensor(list(images[i : i + batch_size]), size=image_size))
+            runner.forward_features(prep(images[i : i + batch_size]))
             for i in range(0, len(images), batch_size)
         ]
     finally:

@@ -1,13 +1,13 @@
-"""Per-tower image preprocessing and training augmentations, as PIL and torch operations.
+"""Training augmentations of images, as PIL and torch operations.
 
-:class:`EvalTransform` is the deterministic path (resize the shorter side, centre-crop, normalise);
 :class:`TrainTransform` is the training path (random resized crop, flip, small rotation, optional colour
-jitter, then the same normalisation). Both turn a PIL image into a float32 ``(3, size, size)`` tensor.
+jitter, then the tower's normalisation); it turns a PIL image into a float32 ``(3, size, size)`` tensor.
 Randomness comes only from the ``torch.Generator`` passed to each call, so the loader can seed every
 record's augmentation from (seed, epoch, index) and get the same views whatever the number of workers.
 
-The normalisations are :class:`Normalization` constants in pixel units (0..255): EfficientNet-Lite's
-``(x - 127) / 128``, ImageNet's and CLIP's per-channel mean and std.
+The deterministic path, and the normalisation constants (:data:`EFFNET`, :data:`IMAGENET`, :data:`CLIP`),
+are :mod:`polymodal.data.pixels`: an :class:`~polymodal.data.pixels.ImagePreprocess` is also a per-record
+transform (:meth:`~polymodal.data.pixels.ImagePreprocess.one`).
 """
 
 from __future__ import annotations
@@ -19,156 +19,24 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
-from polymodal.errors import ConfigError, DataError
+from polymodal.data.pixels import CLIP, EFFNET, IMAGENET, RESAMPLES, Normalization, check_image
+from polymodal.errors import ConfigError
 
 __all__ = [
     "CLIP",
     "EFFNET",
     "IMAGENET",
     "ColorJitter",
-    "EvalTransform",
     "Normalization",
     "TrainTransform",
     "to_float_tensor",
 ]
-
-_RESAMPLE = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """``(x - mean) / std`` per channel, with ``x``, ``mean`` and ``std`` in pixel units (0..255).
-
-    Args:
-        mean: RGB means.
-        std: RGB standard deviations (> 0).
-    """
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def __post_init__(self) -> None:
-        if len(self.mean) != 3 or len(self.std) != 3 or not all(s > 0 for s in self.std):
-            raise ConfigError(
-                f"Normalization needs three means and three positive stds, got {self.mean}, {self.std}"
-            )
-
-    @classmethod
-    def from_unit(cls, mean: tuple[float, float, float], std: tuple[float, float, float]) -> Normalization:
-        """From statistics of pixels scaled to [0, 1] (how ImageNet and CLIP publish them)."""
-        return cls(tuple(255.0 * m for m in mean), tuple(255.0 * s for s in std))  # type: ignore[arg-type]
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise a float ``(3, H, W)`` or ``(B, 3, H, W)`` tensor of pixel values."""
-        mean = torch.tensor(self.mean, dtype=x.dtype).reshape(3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype).reshape(3, 1, 1)
-        return (x - mean) / std
-
-
-EFFNET = Normalization((127.0, 127.0, 127.0), (128.0, 128.0, 128.0))  # EfficientNet-Lite: one mean for int8
-IMAGENET = Normalization.from_unit((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-CLIP = Normalization.from_unit((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 
 
 def to_float_tensor(img: Image.Image) -> torch.Tensor:
     """RGB pixels as float32 ``(3, H, W)`` in 0..255."""
     arr = np.asarray(img.convert("RGB"), dtype=np.float32)  # (H, W, 3)
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()  # (3, H, W)
-
-
-def _check_image(img: object, owner: str) -> Image.Image:
-    if not isinstance(img, Image.Image):
-        raise DataError(None, f"{owner}: expected a PIL.Image.Image, got {type(img).__name__}")
-    if img.width < 1 or img.height < 1:
-        raise DataError(getattr(img, "filename", None) or None, f"{owner}: image has no pixels ({img.size})")
-    return img.convert("RGB")
-
-
-def _check_size(size: int, owner: str) -> None:
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ConfigError(f"{owner}.size must be a positive int, got {size!r}")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Evaluation
-# ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EvalTransform:
-    """Resize the shorter side to ``resize``, centre-crop ``size x size``, normalise.
-
-    Args:
-        size: output side in pixels.
-        resize: shorter side before cropping; ``None`` means ``size`` (crop the central square).
-        normalization: the tower's normalisation.
-        resample: "nearest", "bilinear", "bicubic" or "lanczos".
-        round_long_side: round the longer side after resizing (as :mod:`polymodal.towers.preprocess`
-            does) instead of truncating it (torchvision's ``Resize`` and Hugging Face image processors).
-    """
-
-    size: int = 224
-    resize: int | None = None
-    normalization: Normalization = EFFNET
-    resample: str = "bicubic"
-    round_long_side: bool = False
-
-    def __post_init__(self) -> None:
-        _check_size(self.size, "EvalTransform")
-        if self.resize is not None and (not isinstance(self.resize, int) or self.resize < self.size):
-            raise ConfigError(f"EvalTransform.resize must be an int >= size={self.size}, got {self.resize!r}")
-        if self.resample not in _RESAMPLE:
-            raise ConfigError(
-                f"EvalTransform.resample must be one of {sorted(_RESAMPLE)}, got {self.resample!r}"
-            )
-
-    @classmethod
-    def effnet(cls, size: int = 224) -> EvalTransform:
-        """The TF EfficientNet eval pipeline: shorter side to ``size + 32``, centre crop, ``(x - 127) / 128``.
-
-        Equal to :func:`polymodal.towers.preprocess.image_to_tensor`.
-        """
-        return cls(
-            size=size, resize=size + 32, normalization=EFFNET, resample="bicubic", round_long_side=True
-        )
-
-    @classmethod
-    def clip(cls, size: int = 224) -> EvalTransform:
-        """OpenAI CLIP's: shorter side to ``size`` (bicubic), centre crop, CLIP mean and std.
-
-        Equal to ``transformers.CLIPImageProcessor`` with ``shortest_edge = crop = size`` (PIL backend).
-        """
-        return cls(size=size, resize=size, normalization=CLIP, resample="bicubic")
-
-    def _long_side(self, exact: float) -> int:
-        return max(self.resize or self.size, round(exact) if self.round_long_side else int(exact))
-
-    def __call__(self, img: Image.Image, *, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Preprocess one image.
-
-        Args:
-            img: any PIL image (converted to RGB).
-            generator: ignored (the same signature as :class:`TrainTransform`).
-
-        Returns:
-            float32 ``(3, size, size)``.
-        """
-        img = _check_image(img, "EvalTransform")
-        short = self.resize or self.size
-        if img.width <= img.height:
-            w, h = short, self._long_side(img.height * short / img.width)
-        else:
-            w, h = self._long_side(img.width * short / img.height), short
-        if (w, h) != img.size:
-            img = img.resize((w, h), _RESAMPLE[self.resample])
-        left, top = (w - self.size) // 2, (h - self.size) // 2
-        img = img.crop((left, top, left + self.size, top + self.size))
-        return self.normalization(to_float_tensor(img))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -246,7 +114,8 @@ class TrainTransform:
     resample: str = "bicubic"
 
     def __post_init__(self) -> None:
-        _check_size(self.size, "TrainTransform")
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
+            raise ConfigError(f"TrainTransform.size must be a positive int, got {self.size!r}")
         if not 0 < self.scale[0] <= self.scale[1] <= 1:
             raise ConfigError(f"TrainTransform.scale must satisfy 0 < lo <= hi <= 1, got {self.scale}")
         if not 0 < self.ratio[0] <= self.ratio[1]:
@@ -255,9 +124,9 @@ class TrainTransform:
             raise ConfigError(f"TrainTransform.hflip must be a probability, got {self.hflip}")
         if not 0 <= self.degrees <= 180:
             raise ConfigError(f"TrainTransform.degrees must be in [0, 180], got {self.degrees}")
-        if self.resample not in _RESAMPLE:
+        if self.resample not in RESAMPLES:
             raise ConfigError(
-                f"TrainTransform.resample must be one of {sorted(_RESAMPLE)}, got {self.resample!r}"
+                f"TrainTransform.resample must be one of {sorted(RESAMPLES)}, got {self.resample!r}"
             )
 
     def crop_box(
@@ -296,9 +165,9 @@ class TrainTransform:
         Returns:
             float32 ``(3, size, size)``.
         """
-        img = _check_image(img, "TrainTransform")
+        img = check_image(img, "TrainTransform").convert("RGB")
         left, top, w, h = self.crop_box(img.width, img.height, generator)
-        img = img.resize((self.size, self.size), _RESAMPLE[self.resample], box=(left, top, left + w, top + h))
+        img = img.resize((self.size, self.size), RESAMPLES[self.resample], box=(left, top, left + w, top + h))
         if self.degrees > 0:
             angle = (
                 2.0 * float(torch.rand((), generator=generator, dtype=torch.float64)) - 1.0

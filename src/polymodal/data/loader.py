@@ -242,7 +242,7 @@ class ItemTransforms:
     """Per-record transforms, each called as ``fn(value, generator=g)`` and returning a tensor.
 
     ``g`` is the record's own ``torch.Generator`` (seeded from seed, epoch and index); deterministic
-    transforms ignore it (:class:`~polymodal.data.image_transforms.EvalTransform` accepts and ignores it).
+    transforms ignore it (:meth:`~polymodal.data.pixels.ImagePreprocess.one` accepts and ignores it).
 
     Args:
         image: for the decoded ``PIL.Image``.

@@ -9,15 +9,26 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import numpy as np
-import torch
 from PIL import Image
 from torch import Tensor
 
+from polymodal.data.pixels import ImagePreprocess, Normalization
 from polymodal.errors import ConfigError, ShapeError
 from polymodal.text import TokenBatch, WordTokenizer
 
 SPECIAL_IDS: tuple[int, ...] = (WordTokenizer.PAD, WordTokenizer.UNK, WordTokenizer.BOS, WordTokenizer.EOS)
+
+
+def image_preprocess(size: int, channels: int = 3) -> ImagePreprocess:
+    """The model's pixels: the whole image resized to ``size x size`` (Lanczos), ``(x / 255 - 0.5) / 0.5``.
+
+    Args:
+        size: the model's input side.
+        channels: 3 (RGB) or 1 (grey).
+    """
+    half = (0.5,) * channels
+    return ImagePreprocess(size=size, fit="squash", resample="lanczos", channels=channels,
+                           normalization=Normalization(half, half, scale=255.0))
 
 
 def pixels(images: Sequence[Image.Image], *, size: int) -> Tensor:
@@ -31,14 +42,7 @@ def pixels(images: Sequence[Image.Image], *, size: int) -> Tensor:
         raise ConfigError(f"pixels: size must be positive, got {size}")
     if not images:
         raise ShapeError("pixels: no images")
-    arrays = []
-    for im in images:
-        rgb = im.convert("RGB")
-        if rgb.size != (size, size):
-            rgb = rgb.resize((size, size), Image.Resampling.LANCZOS)
-        arrays.append(np.asarray(rgb, dtype=np.uint8))
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0  # (B, 3, S, S) in [0, 1]
-    return (x - 0.5) / 0.5
+    return image_preprocess(size)(images)
 
 
 def build_vocabulary(texts: Iterable[str], *, min_freq: int = 1) -> WordTokenizer:

@@ -10,9 +10,14 @@ for masked multimodal modelling on the joint encoder, ITM on [CLS_M], and the co
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from PIL import Image
 from torch import Tensor, nn
 
+from polymodal.data.pixels import ImagePreprocess
 from polymodal.flava.config import FlavaConfig
+from polymodal.flava.data import image_preprocess
 from polymodal.flava.heads import ContrastiveHead, MatchingHead, PredictionHead
 from polymodal.flava.image_encoder import FlavaImageEncoder
 from polymodal.flava.multimodal_encoder import FlavaMultimodalEncoder
@@ -38,6 +43,15 @@ class FlavaModel(nn.Module):
         self.mmm_image_head = PredictionHead(c.width, c.patch_dim)
         self.itm_head = MatchingHead(c.width)
         self.contrastive = ContrastiveHead(c.width, c.embed_dim, init_temperature=c.init_temperature)
+
+    @property
+    def image_preprocess(self) -> ImagePreprocess:
+        """How this model turns images into pixels (:func:`polymodal.flava.data.image_preprocess`)."""
+        return image_preprocess(self.config.image_size, self.config.channels)
+
+    def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
+        """Images to normalised pixels ``(B, C, S, S)``, by :attr:`image_preprocess`."""
+        return self.image_preprocess(images)
 
     def encode_image(self, images: Tensor, *, patch_mask: Tensor | None = None) -> Tensor:
         """``(B, C, S, S)`` pixels to ``(B, 1 + N, D)``, index 0 = [CLS_I].

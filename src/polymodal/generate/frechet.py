@@ -19,7 +19,7 @@ from torch import Tensor
 from polymodal.errors import ShapeError
 from polymodal.towers.efficientnet import EfficientNetLite0
 from polymodal.towers.efficientnet_runner import EfficientNetLite0Runner
-from polymodal.towers.preprocess import images_to_tensor
+from polymodal.towers.preprocess import effnet_preprocess
 
 __all__ = ["frechet_distance", "tower_features"]
 
@@ -61,9 +61,10 @@ def tower_features(
     """
     tower = EfficientNetLite0.pretrained() if tower is None else tower
     runner = EfficientNetLite0Runner(tower, image_size=image_size)
+    prep = effnet_preprocess(image_size)
     try:
         return torch.cat(
-            [runner.embed(images_to_tensor(list(images[i : i + 64]), size=image_size)) for i in range(0, len(images), 64)]
+            [runner.embed(prep(images[i : i + 64])) for i in range(0, len(images), 64)]
         )
     finally:
         runner.close()

@@ -22,11 +22,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polymodal.core.checkpoint import atomic_write_json, load_weights, read_folder_config, save_weights
+from polymodal.data.pixels import ImagePreprocess, Normalization
 from polymodal.errors import CheckpointError, ConfigError, ShapeError
 
-__all__ = ["FlowUNet", "GeneratorConfig", "load_generator", "save_generator"]
+__all__ = ["FlowUNet", "GeneratorConfig", "image_preprocess", "load_generator", "save_generator"]
 
 KIND = "text2image"
+
+
+def image_preprocess(size: int = 32) -> ImagePreprocess:
+    """The generator's pixel space: RGB, the whole image resized to ``size x size`` (Lanczos, an area
+    downsampling for photos and emoji), ``x / 127.5 - 1`` in [-1, 1].
+
+    Args:
+        size: the image side.
+    """
+    ones = (1.0, 1.0, 1.0)
+    return ImagePreprocess(size=size, fit="squash", resample="lanczos", normalization=Normalization(ones, ones, 127.5))
 
 
 @dataclass
@@ -112,6 +124,11 @@ class FlowUNet(nn.Module):
         self.up2 = _ResBlock(4 * ch, 2 * ch, e)  # at 1/2, with the skip
         self.up1 = _ResBlock(3 * ch, ch, e)  # at 1/1, with the skip
         self.out = nn.Sequential(nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, 3, 3, padding=1))
+
+    @property
+    def image_preprocess(self) -> ImagePreprocess:
+        """How images enter this model's pixel space (training data; :func:`image_preprocess`)."""
+        return image_preprocess(self.config.image_size)
 
     def embed(self, t: Tensor, cond: Tensor | None) -> Tensor:
         """Block embedding ``(B, emb_dim)`` of time and condition (``None`` rows = the null condition)."""

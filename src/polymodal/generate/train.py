@@ -7,14 +7,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
 from polymodal.errors import ConfigError, ShapeError
 from polymodal.generate.flow import flow_matching_loss
-from polymodal.generate.model import FlowUNet, GeneratorConfig
+from polymodal.generate.model import FlowUNet, GeneratorConfig, image_preprocess
 
 __all__ = ["GeneratorTrainConfig", "GeneratorTrainResult", "from_pil", "to_pil", "train_generator"]
 
@@ -26,9 +25,7 @@ def from_pil(images: Sequence[Image.Image], size: int = 32) -> Tensor:
         images: PIL images.
         size: Output side.
     """
-    arrays = [np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)) for im in images]
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()  # (N, 3, S, S)
-    return x / 127.5 - 1.0
+    return image_preprocess(size)(images)
 
 
 def to_pil(images: Tensor) -> list[Image.Image]:

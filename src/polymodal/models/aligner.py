@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from polymodal.data.pixels import ImagePreprocess
 from polymodal.errors import ConfigError
 from polymodal.models.heads import ProjectionHead
 from polymodal.models.prompts import DEFAULT_TEMPLATES, build_zeroshot_classifier
@@ -33,7 +34,7 @@ from polymodal.text import TokenBatch
 from polymodal.towers.efficientnet import EfficientNetLite0
 from polymodal.towers.efficientnet_runner import EfficientNetLite0Runner
 from polymodal.towers.minilm import MiniLMTextTower
-from polymodal.towers.preprocess import FITS, images_to_tensor, preprocess_id
+from polymodal.towers.preprocess import FITS, effnet_preprocess, preprocess_id
 
 IMAGE_BLOCKS = 16  # MBConv blocks of EfficientNet-Lite0
 IMAGE_DIM = 1280  # its pooled feature width
@@ -187,8 +188,14 @@ class Aligner(nn.Module):
         return f"minilm-l6-v2|maxlen={self.config.max_text_length}|split={self.text_split}"
 
     # ---------------------------------------------------------------- image path
+    @property
+    def image_preprocess(self) -> ImagePreprocess:
+        """How this model turns images into its input: the image tower's, at the configured size and fit."""
+        return effnet_preprocess(self.config.image_size, self.config.image_fit)
+
     def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
-        return images_to_tensor(list(images), size=self.config.image_size, fit=self.config.image_fit)
+        """Images to the image tower's input ``(B, 3, S, S)``, by :attr:`image_preprocess`."""
+        return self.image_preprocess(images)
 
     def _runner(self) -> EfficientNetLite0Runner:
         # The fused inference runner snapshots the frozen trunk's weights once (BN folded, oneDNN

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from polymodal.data.pixels import ImagePreprocess
 from polymodal.errors import ConfigError, ShapeError
 from polymodal.fusion import FUSIONS
 from polymodal.models.classifier_encoders import (
@@ -273,6 +274,12 @@ class MultimodalClassifier(nn.Module):
     @property
     def modalities(self) -> tuple[str, ...]:
         return self.config.modalities
+
+    @property
+    def image_preprocess(self) -> ImagePreprocess | None:
+        """How images enter the image encoder (``None`` for a model without one)."""
+        enc = self.config.encoders.get("image")
+        return enc.image_preprocess if isinstance(enc, ImageEncoderConfig) else None
 
     def encode(self, inputs: ModalityInputs) -> dict[str, EncodedModality]:
         """Each modality's tokens; absent rows are encoded too (their zeros) and replaced by the fusion."""

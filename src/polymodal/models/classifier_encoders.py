@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from polymodal.data.pixels import ImagePreprocess, Normalization
 from polymodal.errors import ConfigError, ShapeError
 from polymodal.nn.directional_context import DirectionalContext
 from polymodal.nn.transformer import TransformerEncoder
@@ -109,6 +110,13 @@ class ImageEncoderConfig:
         object.__setattr__(self, "position_std", float(self.position_std))
         if self.context not in IMAGE_CONTEXTS:
             raise ConfigError(f"ImageEncoderConfig.context must be one of {IMAGE_CONTEXTS}, got {self.context!r}")
+
+    @property
+    def image_preprocess(self) -> ImagePreprocess:
+        """How an image enters this encoder: grey or RGB, resized to ``image_size`` squared (bilinear), in [0, 1]."""
+        c = 1 if self.channels == 1 else 3
+        return ImagePreprocess(size=self.image_size, fit="squash", resample="bilinear", channels=c,
+                               normalization=Normalization((0.0,) * c, (1.0,) * c, scale=255.0))
 
     @property
     def token_grid(self) -> int:

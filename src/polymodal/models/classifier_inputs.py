@@ -46,12 +46,7 @@ class RawInputs:
 def _image_tensor(value: object, c: ImageEncoderConfig, source: str) -> Tensor:
     if not isinstance(value, Image.Image):
         raise DataError(source, f"image must be a decoded PIL image, got {type(value).__name__}")
-    img = value.convert("L" if c.channels == 1 else "RGB")
-    if img.size != (c.image_size, c.image_size):
-        img = img.resize((c.image_size, c.image_size), Image.Resampling.BILINEAR)
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    t = torch.from_numpy(arr)
-    return t[None] if c.channels == 1 else t.permute(2, 0, 1)  # (C, H, W)
+    return c.image_preprocess.one(value)  # (C, H, W) in [0, 1]
 
 
 def _waveform(value: object, c: AudioEncoderConfig, source: str) -> Tensor:

@@ -26,12 +26,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from polymodal.data.pixels import CLIP_MEAN, CLIP_STD, ImagePreprocess
 from polymodal.errors import CheckpointError, ConfigError
 from polymodal.models.aligner import Aligner, TextTrunk
 from polymodal.text import HFTokenizer, TokenBatch, train_tokenizer
@@ -39,8 +39,8 @@ from polymodal.towers.text_transformer import TextTransformer, TextTransformerCo
 from polymodal.towers.vit import VisionTransformer, ViTConfig
 
 # OpenAI CLIP's pixel statistics (its training set); from-scratch models keep them, any fixed choice works.
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+OPENAI_MEAN = CLIP_MEAN
+OPENAI_STD = CLIP_STD
 TOKENIZERS = ("bpe", "wordpiece", "clip")
 TOKENIZER_FILE = "tokenizer.json"
 SPECIAL_TOKENS_FILE = "special_tokens_map.json"
@@ -117,34 +117,6 @@ class CLIPOutput:
     image_embeds: Tensor
     text_embeds: Tensor
     logits_per_image: Tensor
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """RGB with any transparency composited onto white (emoji and icons are drawn on white)."""
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        bg = Image.new("RGB", rgba.size, (255, 255, 255))
-        bg.paste(rgba, mask=rgba.getchannel("A"))
-        return bg
-    return img.convert("RGB")
-
-
-def pixels(img: Image.Image, size: int) -> np.ndarray:
-    """``(size, size, 3)`` float32 in [0, 1]: shorter side resized to ``size`` (bicubic), centre crop.
-
-    Args:
-        img: Any PIL image.
-        size: Output side.
-    """
-    img = _to_rgb(img)
-    w, h = img.size
-    scale = size / min(w, h)
-    rw, rh = max(size, round(w * scale)), max(size, round(h * scale))
-    if (rw, rh) != (w, h):
-        img = img.resize((rw, rh), Image.Resampling.BICUBIC)
-    left, top = (rw - size) // 2, (rh - size) // 2
-    img = img.crop((left, top, left + size, top + size))
-    return np.asarray(img, dtype=np.float32) / 255.0
 
 
 class CLIP(nn.Module):
@@ -257,20 +229,20 @@ class CLIP(nn.Module):
     def _autocast(self) -> AbstractContextManager[Any]:
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.autocast_bf16)
 
+    @property
+    def image_preprocess(self) -> ImagePreprocess:
+        """How this model turns images into pixels: transparency onto white, shorter side to the ViT's size
+        (bicubic), centre crop, ``(x / 255 - image_mean) / image_std``."""
+        c = self.config
+        return ImagePreprocess.clip(c.vision.image_size, c.image_mean, c.image_std)
+
     def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
-        """PIL images to normalised pixels ``(B, 3, S, S)``.
+        """PIL images to normalised pixels ``(B, 3, S, S)``, by :attr:`image_preprocess`.
 
         Args:
             images: Any PIL images.
         """
-        s = self.config.vision.image_size
-        if not images:
-            return torch.empty(0, 3, s, s)
-        batch = torch.from_numpy(np.stack([pixels(img, s) for img in images]))  # (B, S, S, 3)
-        batch = batch.permute(0, 3, 1, 2).contiguous()  # (B, 3, S, S)
-        mean = torch.tensor(self.config.image_mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.config.image_std).view(1, 3, 1, 1)
-        return (batch - mean) / std
+        return self.image_preprocess(images)
 
     @torch.no_grad()
     def image_trunk(self, x: Tensor) -> Tensor:
@@ -363,4 +335,4 @@ class CLIP(nn.Module):
         return self.visual.attention_maps(x)
 
 
-__all__ = ["CLIP", "CLIPConfig", "CLIPOutput", "pixels"]
+__all__ = ["CLIP", "CLIPConfig", "CLIPOutput"]

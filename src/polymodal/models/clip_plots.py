@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from polymodal.errors import ConfigError
-from polymodal.models.clip import CLIP, pixels
+from polymodal.models.clip import CLIP
 from polymodal.towers.vit import patch_grid_attention
 
 DPI = 110
@@ -68,8 +68,10 @@ def plot_attention_maps(
     fig = Figure(figsize=(7.5, 2.5 * len(images)), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(images), 3, squeeze=False)
+    shown_prep = model.image_preprocess.with_size(display_size)
     for i, img in enumerate(images):
-        shown = pixels(img, display_size)  # (S, S, 3) in [0, 1], the same resize and crop as the model's input
+        # (S, S, 3) in [0, 1]: the same colour, resize and crop as the model's input, at the display size
+        shown = shown_prep.pixels(img).astype(np.float32) / 255.0
         title = captions[i][:40] if captions is not None else f"image {i + 1}"
         axes[i][0].imshow(shown)
         axes[i][0].set_title(title, fontsize=8)

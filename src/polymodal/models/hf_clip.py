@@ -28,6 +28,7 @@ from tokenizers import processors
 from torch import Tensor
 
 from polymodal.core.checkpoint import atomic_write_json, load_weights, save_weights
+from polymodal.data.pixels import RESAMPLES, ImagePreprocess
 from polymodal.errors import CheckpointError, ConfigError
 from polymodal.models.clip import CLIP, OPENAI_MEAN, OPENAI_STD, CLIPConfig
 from polymodal.text import load_clip_tokenizer
@@ -359,15 +360,28 @@ def save_hf(model: CLIP, path: str | Path) -> Path:
         "tokenizer_class": "CLIPTokenizer" if tok.kind == "clip-bpe" else "PreTrainedTokenizerFast",
         "model_max_length": model.config.text.context_length, **special,
     })
-    size = model.config.vision.image_size
-    atomic_write_json(folder / "preprocessor_config.json", {
-        "image_processor_type": "CLIPImageProcessor", "image_mean": list(model.config.image_mean),
-        "image_std": list(model.config.image_std), "do_resize": True, "size": {"shortest_edge": size},
-        "do_center_crop": True, "crop_size": {"height": size, "width": size}, "do_normalize": True,
-        "do_rescale": True, "rescale_factor": 1 / 255, "resample": 3, "do_convert_rgb": True,
-    })
+    atomic_write_json(folder / "preprocessor_config.json", preprocessor_config(model.image_preprocess))
     return folder
 
 
-__all__ = ["config_from_hf", "config_to_hf", "is_hf_clip_dir", "load_hf_clip", "save_hf", "state_from_hf",
-           "state_to_hf"]
+def preprocessor_config(spec: ImagePreprocess) -> dict[str, Any]:
+    """``preprocessor_config.json`` of a ``transformers.CLIPImageProcessor`` doing what ``spec`` does (up to
+    the rounding of the long side, which Hugging Face truncates).
+
+    Args:
+        spec: A centre-crop preprocessing, as :attr:`CLIP.image_preprocess`.
+    """
+    if spec.fit != "crop" or spec.channels != 3:
+        raise ConfigError(f"preprocessor_config: CLIPImageProcessor only centre-crops RGB images, not {spec.id}")
+    norm, size = spec.normalization, spec.size
+    return {
+        "image_processor_type": "CLIPImageProcessor", "image_mean": list(norm.mean), "image_std": list(norm.std),
+        "do_resize": True, "size": {"shortest_edge": spec.resize or size},
+        "do_center_crop": True, "crop_size": {"height": size, "width": size}, "do_normalize": True,
+        "do_rescale": True, "rescale_factor": 1 / norm.scale, "resample": int(RESAMPLES[spec.resample]),
+        "do_convert_rgb": True,
+    }
+
+
+__all__ = ["config_from_hf", "config_to_hf", "is_hf_clip_dir", "load_hf_clip", "preprocessor_config", "save_hf",
+           "state_from_hf", "state_to_hf"]

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from polymodal.towers.efficientnet import EfficientNetLite0
-from polymodal.towers.preprocess import image_to_tensor
+from polymodal.towers.preprocess import effnet_preprocess
 
 NUM_CLASSES = 1000
 
@@ -71,7 +71,7 @@ def imagenet_top5(model: EfficientNetLite0, img: Image.Image) -> list[tuple[str,
 
     Args:
         model: A tower with 1000 ImageNet logits, e.g. ``EfficientNetLite0.pretrained()``.
-        img: Any PIL image; preprocessed with ``image_to_tensor``.
+        img: Any PIL image; preprocessed with ``effnet_preprocess()``.
 
     Returns:
         (class name, softmax probability) pairs, most probable first.
@@ -80,7 +80,7 @@ def imagenet_top5(model: EfficientNetLite0, img: Image.Image) -> list[tuple[str,
     model.eval()
     try:
         with torch.inference_mode():
-            logits = model(image_to_tensor(img).unsqueeze(0))[0]  # (1000,)
+            logits = model(effnet_preprocess()([img]))[0]  # (1000,)
     finally:
         model.train(was_training)
     probs = logits.softmax(dim=-1)
