@@ -1,7 +1,7 @@
 """polymodal.caption: image captioning (EfficientNet grid -> transformer decoder) and its decoders."""
 
 from polymodal.caption.decode import Decoded, beam_search, greedy_decode, length_penalty, sample_decode
-from polymodal.caption.model import CaptionConfig, Captioner, load_captioner, save_captioner
+from polymodal.caption.model import CaptionConfig, Captioner
 from polymodal.caption.train import (
     CaptionTrainConfig,
     CaptionTrainResult,
@@ -21,8 +21,6 @@ __all__ = [
     "extract_grids",
     "greedy_decode",
     "length_penalty",
-    "load_captioner",
     "sample_decode",
-    "save_captioner",
     "train_captioner",
 ]

@@ -7,7 +7,8 @@ cell), and the words attend to them through encoder-decoder (cross) attention. T
 so training runs on cached grids (:mod:`polymodal.caption.train`).
 
 A model folder holds ``config.json`` (``kind: "captioner"``, the config and the tokenizer's words) and
-``model.safetensors``; :func:`save_captioner` / :func:`load_captioner` write and read it.
+``model.safetensors``; ``polymodal.save`` / ``polymodal.load`` write and read it (through
+:func:`write_folder` / :func:`read_folder`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from polymodal.core.checkpoint import atomic_write_json, load_weights, read_folder_config, save_weights
+from polymodal.core.checkpoint import load_weights, save_weights
 from polymodal.data.text import WordTokenizer
 from polymodal.errors import CheckpointError, ConfigError, ShapeError
 from polymodal.nn import LearnedPositionalEmbedding, TransformerDecoder
 
-__all__ = ["CaptionConfig", "Captioner", "load_captioner", "save_captioner"]
+__all__ = ["KIND", "CaptionConfig", "Captioner", "read_folder", "write_folder"]
 
 KIND = "captioner"
 
@@ -74,6 +75,8 @@ class Captioner(nn.Module):
         config: Sizes.
         tokenizer: The word vocabulary (kept with the model so a folder is self-contained).
     """
+
+    kind = KIND
 
     def __init__(self, config: CaptionConfig, tokenizer: WordTokenizer) -> None:
         super().__init__()
@@ -164,44 +167,39 @@ class Captioner(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Folder
+# Folder (the "captioner" row of polymodal.models.build.KINDS: polymodal.save / polymodal.load)
 # ---------------------------------------------------------------------------------------------------
 
 
-def save_captioner(model: Captioner, path: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``path/config.json`` and ``path/model.safetensors``.
+def write_folder(model: Captioner, path: Path) -> dict[str, Any]:
+    """Write ``path/model.safetensors`` (the tied output layer once); return the ``config.json`` entries.
 
     Args:
         model: The captioner.
-        path: Folder (created).
-        extra: More JSON keys for ``config.json`` (metrics, training settings).
+        path: An existing folder.
     """
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if k != "head.weight"}
     save_weights(path / "model.safetensors", state, metadata={"format": "polymodal"})
-    config = {"kind": KIND, "model": asdict(model.config), "tokenizer": model.tokenizer.to_dict(), **(extra or {})}
-    atomic_write_json(path / "config.json", config)
-    return path
+    return {"model": asdict(model.config), "tokenizer": model.tokenizer.to_dict()}
 
 
-def load_captioner(path: str | Path) -> Captioner:
-    """Read a folder written by :func:`save_captioner`; the model is in eval mode.
+def read_folder(path: Path, cfg: dict[str, Any]) -> Captioner:
+    """The captioner of a folder :func:`write_folder` wrote, given its parsed ``config.json``.
 
     Args:
         path: The folder.
+        cfg: Its ``config.json``.
 
     Raises:
-        CheckpointError: not a captioner folder, or weights that do not fit.
+        CheckpointError: a config that does not parse, or weights that do not fit it.
     """
-    path = Path(path)
-    cfg_path = path / "config.json"
-    cfg = read_folder_config(path, what="captioner", kinds=[KIND])
     try:
         model = Captioner(CaptionConfig(**cfg["model"]), WordTokenizer.from_dict(cfg["tokenizer"]))
-    except (KeyError, TypeError, ConfigError) as e:
-        raise CheckpointError(f"{cfg_path}: {e}") from None
+    except KeyError as e:
+        raise CheckpointError(f"{path / 'config.json'}: missing {e}") from None
+    except (TypeError, ConfigError) as e:
+        raise CheckpointError(f"{path / 'config.json'}: {e}") from None
     missing, unexpected = model.load_state_dict(load_weights(path / "model.safetensors"), strict=False)
     if unexpected or set(missing) - {"head.weight"}:
         raise CheckpointError(f"{path}/model.safetensors: missing {missing}, unexpected {unexpected}")
-    return model.eval()
+    return model

@@ -2,7 +2,7 @@
 
 from polymodal.generate.flow import flow_matching_loss, sample_images
 from polymodal.generate.frechet import frechet_distance, tower_features
-from polymodal.generate.model import FlowUNet, GeneratorConfig, load_generator, save_generator
+from polymodal.generate.model import FlowUNet, GeneratorConfig
 from polymodal.generate.train import (
     GeneratorTrainConfig,
     GeneratorTrainResult,
@@ -19,9 +19,7 @@ __all__ = [
     "flow_matching_loss",
     "frechet_distance",
     "from_pil",
-    "load_generator",
     "sample_images",
-    "save_generator",
     "to_pil",
     "tower_features",
     "train_generator",

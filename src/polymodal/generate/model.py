@@ -7,7 +7,8 @@ through a sinusoidal embedding and an MLP, the text embedding ``c`` (the frozen 
 (FiLM / adaptive group norm). A learned "null" text vector stands for "no condition": it is used when the
 condition is dropped in training and for the unconditional branch of classifier-free guidance.
 
-A model folder holds ``config.json`` (``kind: "text2image"``) and ``model.safetensors``.
+A model folder holds ``config.json`` (``kind: "text2image"``) and ``model.safetensors``; ``polymodal.save`` /
+``polymodal.load`` write and read it (through :func:`write_folder` / :func:`read_folder`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from polymodal.core.checkpoint import atomic_write_json, load_weights, read_folder_config, save_weights
+from polymodal.core.checkpoint import load_weights, save_weights
 from polymodal.errors import CheckpointError, ConfigError, ShapeError
 
-__all__ = ["FlowUNet", "GeneratorConfig", "load_generator", "save_generator"]
+__all__ = ["KIND", "FlowUNet", "GeneratorConfig", "read_folder", "write_folder"]
 
 KIND = "text2image"
 
@@ -98,6 +99,8 @@ class FlowUNet(nn.Module):
         config: Sizes.
     """
 
+    kind = KIND
+
     def __init__(self, config: GeneratorConfig | None = None) -> None:
         super().__init__()
         self.config = c = config or GeneratorConfig()
@@ -140,35 +143,38 @@ class FlowUNet(nn.Module):
         return self.out(h)
 
 
-def save_generator(model: FlowUNet, path: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``path/config.json`` and ``path/model.safetensors``.
+# The "text2image" row of polymodal.models.build.KINDS: polymodal.save / polymodal.load.
+
+
+def write_folder(model: FlowUNet, path: Path) -> dict[str, Any]:
+    """Write ``path/model.safetensors``; return the ``config.json`` entries.
 
     Args:
         model: The generator.
-        path: Folder (created).
-        extra: More JSON keys for ``config.json``.
+        path: An existing folder.
     """
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     save_weights(path / "model.safetensors", model.state_dict(), metadata={"format": "polymodal"})
-    atomic_write_json(path / "config.json", {"kind": KIND, "model": asdict(model.config), **(extra or {})})
-    return path
+    return {"model": asdict(model.config)}
 
 
-def load_generator(path: str | Path) -> FlowUNet:
-    """Read a folder written by :func:`save_generator`; eval mode.
+def read_folder(path: Path, cfg: dict[str, Any]) -> FlowUNet:
+    """The generator of a folder :func:`write_folder` wrote, given its parsed ``config.json``.
 
     Args:
         path: The folder.
+        cfg: Its ``config.json``.
 
     Raises:
-        CheckpointError: not a generator folder, or weights that do not fit.
+        CheckpointError: a config that does not parse, or weights that do not fit it.
     """
-    path = Path(path)
-    cfg = read_folder_config(path, what="generator", kinds=[KIND])
     try:
         model = FlowUNet(GeneratorConfig(**cfg["model"]))
+    except KeyError as e:
+        raise CheckpointError(f"{path / 'config.json'}: missing {e}") from None
+    except (TypeError, ConfigError) as e:
+        raise CheckpointError(f"{path / 'config.json'}: {e}") from None
+    try:
         model.load_state_dict(load_weights(path / "model.safetensors"))
-    except (KeyError, TypeError, ConfigError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: {e}") from None
-    return model.eval()
+    except RuntimeError as e:
+        raise CheckpointError(f"{path / 'model.safetensors'}: weights do not fit the config ({str(e).splitlines()[0]})") from None
+    return model

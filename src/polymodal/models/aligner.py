@@ -95,6 +95,8 @@ class TextTrunk:
 class Aligner(nn.Module):
     """CLIP-style dual encoder with a learnable temperature."""
 
+    kind = "aligner"  # its row of polymodal.models.build.KINDS
+
     def __init__(self, config: AlignerConfig | None = None, *, pretrained: bool = True) -> None:
         super().__init__()
         self.config = config = config or AlignerConfig()

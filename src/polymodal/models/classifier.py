@@ -24,9 +24,9 @@ Training for missing modalities (used by :func:`polymodal.train.classifier_fit.f
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +46,9 @@ from polymodal.models.classifier_encoders import (
     encoder_config_from_dict,
     encoder_config_to_dict,
 )
+
+if TYPE_CHECKING:
+    from polymodal.data.record import Record
 
 __all__ = ["ClassifierConfig", "ClassifierOutput", "FusionConfig", "ModalityInputs", "MultimodalClassifier"]
 
@@ -255,6 +258,8 @@ class MultimodalClassifier(nn.Module):
         config: the settings; ``config.labels`` must be set (the trainer fills it from the data).
     """
 
+    kind = "classifier"  # its row of polymodal.models.build.KINDS
+
     def __init__(self, config: ClassifierConfig) -> None:
         super().__init__()
         if not config.labels:
@@ -273,6 +278,22 @@ class MultimodalClassifier(nn.Module):
     @property
     def modalities(self) -> tuple[str, ...]:
         return self.config.modalities
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The class names, in the order of the logits."""
+        return self.config.labels
+
+    def preprocess(self, records: Sequence[Record], *, require_all: bool | None = None) -> ModalityInputs:
+        """Model inputs of ``records``: images resized, log-mels, word ids by the model's own vocabularies.
+
+        Args:
+            records: the examples.
+            require_all: see :func:`polymodal.models.classifier_inputs.raw_inputs`.
+        """
+        from polymodal.models.classifier_inputs import featurize, raw_inputs  # (it imports this module)
+
+        return featurize(self.config, raw_inputs(self.config, records, require_all=require_all))
 
     def encode(self, inputs: ModalityInputs) -> dict[str, EncodedModality]:
         """Each modality's tokens; absent rows are encoded too (their zeros) and replaced by the fusion."""

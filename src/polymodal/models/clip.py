@@ -156,6 +156,8 @@ class CLIP(nn.Module):
             later by :meth:`fit_tokenizer`.
     """
 
+    kind = "clip"  # its row of polymodal.models.build.KINDS
+
     def __init__(self, config: CLIPConfig | None = None, *, tokenizer: Tokenizer | None = None) -> None:
         super().__init__()
         self.config = config = config or CLIPConfig()

@@ -323,9 +323,9 @@ def fit_classifier(
 
 def save_classifier(result: FitResult, out: str | Path, *, data: str, extra: dict[str, Any] | None = None) -> Path:
     """Write the model folder (``config.json`` + ``model.safetensors``) with the training record."""
-    from polymodal.models.io import save_model
+    from polymodal.models.io import save
 
-    return save_model(
+    return save(
         result.model,
         out,
         extra={
@@ -393,10 +393,3 @@ def train_run(
     return result
 
 
-def load_classifier(path: str | Path) -> tuple[MultimodalClassifier, dict[str, Any]]:
-    """A saved classifier and its ``config.json``."""
-    from polymodal.core.checkpoint import read_folder_config
-    from polymodal.models.io import load
-
-    cfg = read_folder_config(Path(path), what="classifier", kinds=("classifier",))  # before building any model
-    return load(path), cfg
