@@ -85,6 +85,7 @@ class Captioner(nn.Module):
                 f"Captioner: tokenizer has {tokenizer.vocab_size} ids, config.vocab_size is {config.vocab_size}"
             )
         self.config = config
+        self.extra: dict[str, Any] = {}  # config.json entries besides the model's own (polymodal.save / load)
         self.tokenizer = tokenizer
         c = config
         self.memory_proj = nn.Sequential(nn.LayerNorm(c.feature_dim), nn.Linear(c.feature_dim, c.dim))

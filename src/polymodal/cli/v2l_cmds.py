@@ -24,8 +24,8 @@ import click
 def caption_train(out: str, epochs: int, dim: int, depth: int, image_size: int, label_smoothing: float, seed: int) -> None:
     """Train a captioner on the OpenMoji train split (frozen EfficientNet grid, transformer decoder)."""
     from polymodal.caption import CaptionTrainConfig, extract_grids, train_captioner
-    from polymodal.models.io import save
     from polymodal.data.openmoji import load_openmoji
+    from polymodal.models.io import save
 
     records = load_openmoji("train")
     grids = extract_grids([r.image for r in records], image_size=image_size)
@@ -49,11 +49,11 @@ def caption(model_dir: str | None, beam: int, as_json: bool, images: tuple[str, 
         return
     if model_dir is None or not images:
         raise click.UsageError("need --model DIR and at least one IMAGE (or: polymodal caption train --out DIR)")
-    from polymodal.caption import beam_search, extract_grids
+    from polymodal.caption import Captioner, beam_search, extract_grids
     from polymodal.data.images import load_image
     from polymodal.models.io import load
 
-    model = load(model_dir, kinds={"captioner"}, what="polymodal caption")
+    model = load(model_dir, Captioner, what="polymodal caption")
     pil = [load_image(Path(p)) for p in images]
     grids = extract_grids(pil, image_size=model.config.image_size)
     out = beam_search(model, grids, beam_size=beam, no_repeat_ngram_size=2)
@@ -74,11 +74,11 @@ def generate(prompts: tuple[str, ...], model_dir: str, out: str, num: int, guida
     import torch
     from PIL import Image
 
-    from polymodal.generate import sample_images, to_pil
+    from polymodal.generate import FlowUNet, sample_images, to_pil
     from polymodal.models.io import load
     from polymodal.towers.minilm import MiniLMTextTower
 
-    model = load(model_dir, kinds={"text2image"}, what="polymodal generate")
+    model = load(model_dir, FlowUNet, what="polymodal generate")
     cond = None
     if model.config.conditional:
         cond = MiniLMTextTower.pretrained().encode(list(prompts), normalize=True).repeat_interleave(num, 0)

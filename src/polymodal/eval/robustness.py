@@ -418,7 +418,7 @@ def robustness_run(
         raise ConfigError(f"model folders must have distinct names, got {names}")
     models, datas = {}, []
     for p in dirs:
-        model = load(p, kinds={"classifier"}, what="robustness")
+        model = load(p, MultimodalClassifier, what="robustness")
         models[p.name] = model
         datas.append(model.extra.get("data"))
     data = data or datas[0]
@@ -436,7 +436,7 @@ def robustness_run(
 
 def evaluate_run(path: str | Path, *, data: str | None = None, split: str = "test") -> dict[str, Any]:
     """``{"accuracy": {"all": A, "missing:image": B, ...}, "data", "split", "n"}`` of a saved classifier."""
-    model = load(path, kinds={"classifier"}, what="fuse eval")
+    model = load(path, MultimodalClassifier, what="fuse eval")
     data = data or model.extra.get("data")
     if not data:
         raise ConfigError(f"{path}: config.json names no data; pass --data")

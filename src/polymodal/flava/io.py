@@ -38,15 +38,15 @@ def write_folder(model: FlavaModel | FlavaForVqa, path: Path) -> dict[str, Any]:
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise ConfigError(f"cannot save this {type(model).__name__}: it has no tokenizer (set_tokenizer first)")
-    is_vqa = isinstance(model, FlavaForVqa)
-    if is_vqa and len(model.answers) != model.num_answers:  # type: ignore[union-attr]
-        raise ConfigError(f"cannot save this FlavaForVqa: {len(model.answers)} answer texts for a head of "  # type: ignore[union-attr]
-                          f"{model.num_answers} (pass answers=...)")  # type: ignore[union-attr]
+    answers = model.answers if isinstance(model, FlavaForVqa) else None
+    if isinstance(model, FlavaForVqa) and len(model.answers) != model.num_answers:
+        raise ConfigError(f"cannot save this FlavaForVqa: {len(model.answers)} answer texts for a head of "
+                          f"{model.num_answers} (pass answers=...)")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_weights(path / "model.safetensors", state, metadata={"format": "polymodal"})
     entries: dict[str, Any] = {"model": model.config.to_dict(), "tokenizer": tokenizer.to_dict()}
-    if is_vqa:
-        entries["answers"] = list(model.answers)  # type: ignore[union-attr]
+    if answers is not None:
+        entries["answers"] = list(answers)
     return entries
 
 

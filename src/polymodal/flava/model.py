@@ -11,6 +11,7 @@ for masked multimodal modelling on the joint encoder, ITM on [CLS_M], and the co
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from PIL import Image
 from torch import Tensor, nn
@@ -39,6 +40,7 @@ class FlavaModel(nn.Module):
     def __init__(self, config: FlavaConfig, *, tokenizer: WordTokenizer | None = None) -> None:
         super().__init__()
         self.config = c = config
+        self.extra: dict[str, Any] = {}  # config.json entries besides the model's own (polymodal.save / load)
         self.tokenizer: WordTokenizer | None = None
         if tokenizer is not None:
             self.set_tokenizer(tokenizer)

@@ -10,6 +10,7 @@ so a loaded VQA model can say its answers in words.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +45,7 @@ class FlavaForVqa(nn.Module):
             raise ConfigError(f"FlavaForVqa: num_answers must be >= 2, got {num_answers}")
         self.flava = flava
         self.config = flava.config
+        self.extra: dict[str, Any] = {}  # config.json entries besides the model's own (polymodal.save / load)
         self.num_answers = num_answers
         self.answers = answers
         d = flava.config.width

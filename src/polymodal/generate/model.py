@@ -104,6 +104,7 @@ class FlowUNet(nn.Module):
     def __init__(self, config: GeneratorConfig | None = None) -> None:
         super().__init__()
         self.config = c = config or GeneratorConfig()
+        self.extra: dict[str, Any] = {}  # config.json entries besides the model's own (polymodal.save / load)
         ch, e = c.channels, c.emb_dim
         self.time_mlp = nn.Sequential(nn.Linear(e, e), nn.SiLU(), nn.Linear(e, e))
         self.cond_proj = nn.Linear(c.cond_dim, e)

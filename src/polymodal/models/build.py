@@ -63,10 +63,10 @@ class ModelKind:
     keys: tuple[str, ...] = ()
     foreign: bool = False
 
-    def config_class(self) -> type:
+    def config_class(self) -> type[Any]:
         return _resolve(self.config)  # type: ignore[no-any-return]
 
-    def model_class(self) -> type:
+    def model_class(self) -> type[Any]:
         return _resolve(self.model)  # type: ignore[no-any-return]
 
     def writer(self) -> Callable[[Any, Path], Any]:
@@ -238,13 +238,15 @@ def require_kind(model_or_path: Any, kinds: Collection[str], *, what: str) -> st
     if isinstance(model_or_path, (str, Path)):
         name, kind = str(model_or_path), folder_kind(model_or_path)[0]
     else:
-        kind = getattr(model_or_path, "kind", None)
         source = getattr(model_or_path, "source", None)
         name = str(source) if source is not None else f"this {type(model_or_path).__name__}"
-        if kind not in KINDS:
+        found = getattr(model_or_path, "kind", None)
+        if not isinstance(found, str) or found not in KINDS:
             raise ConfigError(f"{name} is not a polymodal model; {what} needs {_needs(kinds)}")
+        kind = found
+    # a Hugging Face CLIP loads as a CLIP: the two kinds stand for each other
     if kind in kinds or (kind == "clip" and "hf-clip" in kinds) or (kind == "hf-clip" and "clip" in kinds):
-        return str(kind)
+        return kind
     raise ConfigError(f"{name} is {KINDS[kind].noun}; {what} needs {_needs(kinds)}")
 
 

@@ -265,6 +265,7 @@ class MultimodalClassifier(nn.Module):
         if not config.labels:
             raise ConfigError("classifier config has no labels; the trainer sets them from the training data")
         self.config = config
+        self.extra: dict[str, Any] = {}  # config.json entries besides the model's own (polymodal.save / load)
         self.encoders = nn.ModuleDict({m: _build_encoder(e) for m, e in config.encoders.items()})
         dims = {m: e.dim for m, e in config.encoders.items()}
         self.fusion = FUSIONS[config.fusion.kind](dims, config.fusion.dim, **config.fusion.options)

@@ -161,6 +161,7 @@ class CLIP(nn.Module):
     def __init__(self, config: CLIPConfig | None = None, *, tokenizer: Tokenizer | None = None) -> None:
         super().__init__()
         self.config = config = config or CLIPConfig()
+        self.extra: dict[str, Any] = {}  # config.json entries besides the model's own (polymodal.save / load)
         self.visual = VisionTransformer(config.vision, output_dim=config.embed_dim)
         self.text = TextTransformer(config.text, output_dim=config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))

@@ -19,13 +19,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import torch
 
 from polymodal.core.checkpoint import atomic_write_json, load_weights, save_weights
 from polymodal.errors import CheckpointError, ConfigError
 from polymodal.models.build import (
+    KINDS,
     build_model,
     config_from_dict,
     config_to_dict,
@@ -38,13 +39,24 @@ from polymodal.models.build import (
 if TYPE_CHECKING:
     from polymodal.models.protocol import Model
 
+M = TypeVar("M")
+
 FORMAT_VERSION = 1
 #: the keys of config.json every polymodal folder has; the rest is the kind's entries and the caller's extra
 _BASE_KEYS = ("kind", "format_version", "model")
 
 
 # ------------------------------------------------------------------------------------------ the API
-def load(path: str | Path, *, kinds: Collection[str] | None = None, what: str = "this") -> Model:
+@overload
+def load(path: str | Path, *, kinds: Collection[str] | None = None, what: str = "this") -> Model: ...
+
+
+@overload
+def load(path: str | Path, cls: type[M], *, what: str = "this") -> M: ...
+
+
+def load(path: str | Path, cls: type[Any] | None = None, *, kinds: Collection[str] | None = None,
+         what: str = "this") -> Any:
     """Load a model folder written by :func:`save` (a run folder is one), or a Hugging Face CLIP folder.
 
     Nothing is downloaded. The model is in eval mode, with ``extra`` (the other keys of ``config.json``),
@@ -52,6 +64,8 @@ def load(path: str | Path, *, kinds: Collection[str] | None = None, what: str = 
 
     Args:
         path: the folder.
+        cls: accept only the kinds whose model class is ``cls`` (or a subclass), and return that type:
+            ``load(path, Captioner)``.
         kinds: accept only these kinds, checked on ``config.json`` before any weight is read
             (:func:`~polymodal.models.build.require_kind`).
         what: who asks, for that check's message ("zeroshot needs an image-text model").
@@ -62,6 +76,10 @@ def load(path: str | Path, *, kinds: Collection[str] | None = None, what: str = 
         ConfigError: a kind not in ``kinds``.
     """
     path = Path(path)
+    if cls is not None:
+        kinds = [k for k, row in KINDS.items() if issubclass(row.model_class(), cls)]
+        if not kinds:
+            raise ConfigError(f"load: no model kind has the class {cls.__name__}")
     if kinds is not None:
         require_kind(path, kinds, what=what)
     kind, cfg = folder_kind(path)
@@ -75,7 +93,7 @@ def load(path: str | Path, *, kinds: Collection[str] | None = None, what: str = 
     model.extra = {} if row.foreign else {k: v for k, v in cfg.items() if k not in mine}
     model.source = path
     model.model_id = model_id(path)
-    return model  # type: ignore[no-any-return]
+    return model
 
 
 def save(model: Any, path: str | Path, *, kind: str | None = None, extra: dict[str, Any] | None = None) -> Path:
@@ -100,7 +118,7 @@ def save(model: Any, path: str | Path, *, kind: str | None = None, extra: dict[s
     row = get_kind(kind or model_kind)
     if not isinstance(model, row.model_class()):
         raise ConfigError(f"save: kind {row.name!r} saves {row.model_class().__name__} models; got {type(model).__name__}")
-    extra = dict(getattr(model, "extra", {}) if extra is None else extra)
+    extra = dict(model.extra if extra is None else extra)
     clash = sorted(set(extra) & (set(_BASE_KEYS) | set(row.keys)))
     if clash:
         raise ConfigError(f"save: extra must not set {clash}: the model's own config.json entries")
@@ -130,9 +148,7 @@ def create(preset: Any, *, kind: str | None = None, **parts: Any) -> Model:
         config = config_from_dict(preset, kind=kind)
     else:
         config = preset
-    model = build_model(config, kind=kind, **parts)
-    model.extra = {}
-    return model  # type: ignore[no-any-return]
+    return build_model(config, kind=kind, **parts)  # type: ignore[no-any-return]
 
 
 def model_id(path: str | Path) -> str:

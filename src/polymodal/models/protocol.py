@@ -25,17 +25,24 @@ class Model(Protocol):
             "text2image", "flava", "flava-vqa").
         config: the model's config dataclass; with ``kind`` it rebuilds the model
             (``polymodal.models.build.build_model``).
+        extra: the ``config.json`` entries besides the model's own: what ``polymodal.save(..., extra=)``
+            wrote (data, training record, metrics) and ``polymodal.load`` read back; ``{}`` when built.
 
     Besides, a model carries what turns raw inputs into its tensors: an image-text model (aligner, CLIP)
     ``preprocess(images)`` and ``tokenize(texts)``; a captioner and a FLAVA model their ``tokenizer`` (FLAVA
     also ``preprocess`` and ``tokenize``); a FLAVA VQA model its ``answers``; a classifier its labels and
-    text vocabularies in ``config``. A model from ``polymodal.load`` also has ``extra`` (the other entries
-    of its ``config.json``: data, training record, metrics), ``source`` (its folder) and ``model_id`` (a
-    hash of the folder's files); one from ``polymodal.create`` has ``extra == {}``.
+    text vocabularies in ``config``. A model from ``polymodal.load`` also has ``source`` (its folder) and
+    ``model_id`` (a hash of the folder's files).
+
+    Those differ by kind, so here any other attribute reads as ``Any`` (``__getattr__``); narrow with
+    ``isinstance(model, Captioner)`` where the full type matters.
     """
 
     kind: str
     config: Any
+    extra: dict[str, Any]
+
+    def __getattr__(self, name: str) -> Any: ...
 
     def eval(self) -> Any: ...
 

@@ -391,5 +391,3 @@ def train_run(
                             lr=recipe.lr, seed=seed, device=device, select=select, log=log)  # fmt: skip
     save_classifier(result, out, data=data, extra={"preset": preset or default_preset(data, fusion), "seed": seed})
     return result
-
-
