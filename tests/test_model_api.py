@@ -258,3 +258,31 @@ def test_save_refuses_what_it_cannot_write(tmp_path):
         polymodal.save(flava, tmp_path / "x")
     with pytest.raises(ConfigError, match=r"extra must not set \['tokenizer'\]"):
         polymodal.save(_captioner(), tmp_path / "x", extra={"tokenizer": "mine"})
+
+
+# ------------------------------------------------------------------------------------------ usable alone
+def test_a_loaded_captioner_and_generator_take_pictures_and_words_directly(tmp_path):
+    """A loaded model carries its preprocessing: captions from PIL images, pictures from prompts, equal to
+    the explicit pipeline (pretrained tower grids -> beam search; MiniLM vectors -> guided sampling)."""
+    from polymodal.caption.decode import beam_search
+    from polymodal.caption.model import extract_grids
+    from polymodal.generate.flow import sample_images
+    from polymodal.generate.model import to_pil
+    from polymodal.towers.minilm import MiniLMTextTower
+
+    torch.manual_seed(0)
+    tok = _words()
+    cfg = CaptionConfig(vocab_size=tok.vocab_size, grid_cells=4, dim=16, heads=2, depth=1, max_length=6, image_size=64)
+    polymodal.save(polymodal.create(cfg, tokenizer=tok), tmp_path / "cap")
+    captioner = polymodal.load(tmp_path / "cap")
+    images = _images(2)
+    want = beam_search(captioner, extract_grids(images, image_size=64), beam_size=1, no_repeat_ngram_size=2)
+    assert captioner.caption(images).texts == want.texts and len(want.texts) == 2
+
+    polymodal.save(polymodal.create(GeneratorConfig(image_size=8, channels=8, emb_dim=8)), tmp_path / "gen")
+    generator = polymodal.load(tmp_path / "gen")
+    pictures = generator.generate(["a red heart", "a dog"], num=2, steps=2, generator=torch.Generator().manual_seed(0))
+    cond = MiniLMTextTower.pretrained().encode(["a red heart", "a dog"], normalize=True).repeat_interleave(2, 0)
+    x = sample_images(generator, cond, steps=2, guidance=2.0, generator=torch.Generator().manual_seed(0))
+    assert len(pictures) == 4 and all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(pictures, to_pil(x)))
+    assert generator.preprocess(pictures).shape == (4, 3, 8, 8)

@@ -13,19 +13,28 @@ A model folder holds ``config.json`` (``kind: "captioner"``, the config and the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from PIL import Image
 from torch import Tensor, nn
 
 from polymodal.core.checkpoint import load_weights, save_weights
 from polymodal.data.text import WordTokenizer
 from polymodal.errors import CheckpointError, ConfigError, ShapeError
 from polymodal.nn import LearnedPositionalEmbedding, TransformerDecoder
+from polymodal.towers.efficientnet import EfficientNetLite0
+from polymodal.towers.efficientnet_runner import EfficientNetLite0Runner
+from polymodal.towers.preprocess import images_to_tensor
 
-__all__ = ["KIND", "CaptionConfig", "Captioner", "read_folder", "write_folder"]
+if TYPE_CHECKING:
+    from polymodal.caption.decode import Decoded
+
+__all__ = ["KIND", "CaptionConfig", "Captioner", "extract_grids", "read_folder", "write_folder"]
 
 KIND = "captioner"
 
@@ -104,6 +113,28 @@ class Captioner(nn.Module):
         self.head = nn.Linear(c.dim, c.vocab_size, bias=False)
         self.head.weight = self.embed.weight  # weight tying (Press & Wolf 2017): fewer parameters, better LM
 
+    # ------------------------------------------------------------------ images to words
+    def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
+        """The frozen pretrained tower's ``(N, 1280, h, w)`` feature grids of PIL images, at ``config.image_size``.
+
+        Args:
+            images: PIL images.
+        """
+        return extract_grids(images, image_size=self.config.image_size, tower=_pretrained_tower())
+
+    @torch.no_grad()
+    def caption(self, images: Sequence[Image.Image], *, beam_size: int = 1, no_repeat_ngram_size: int = 2) -> Decoded:
+        """Captions of PIL images (greedy with ``beam_size=1``, the best setting on val CIDEr-D).
+
+        Args:
+            images: PIL images.
+            beam_size: Beam width.
+            no_repeat_ngram_size: Forbid repeating n-grams of this size (0 = off).
+        """
+        from polymodal.caption.decode import beam_search  # (it imports this module)
+
+        return beam_search(self, self.preprocess(images), beam_size=beam_size, no_repeat_ngram_size=no_repeat_ngram_size)
+
     # ------------------------------------------------------------------ pieces
     def memory(self, grid: Tensor) -> Tensor:
         """Memory tokens of a feature grid.
@@ -165,6 +196,44 @@ class Captioner(nn.Module):
             maps.append(layer.cross_attention_weights(x, memory, causal=True))  # type: ignore[operator]
             x = layer(x, memory, causal=True)
         return torch.stack(maps)
+
+
+@lru_cache(maxsize=1)
+def _pretrained_tower() -> EfficientNetLite0:
+    return EfficientNetLite0.pretrained().eval()
+
+
+@torch.no_grad()
+def extract_grids(
+    images: Sequence[Image.Image],
+    *,
+    image_size: int = 224,
+    tower: EfficientNetLite0 | None = None,
+    batch_size: int = 64,
+) -> Tensor:
+    """Frozen tower feature grids of PIL images.
+
+    Args:
+        images: PIL images.
+        image_size: Input side (224 gives a 7x7 grid, 128 a 4x4 one).
+        tower: The tower; defaults to the pretrained EfficientNet-Lite0.
+        batch_size: Images per runner call.
+
+    Returns:
+        ``(N, 1280, h, w)`` float32.
+    """
+    tower = EfficientNetLite0.pretrained() if tower is None else tower
+    runner = EfficientNetLite0Runner(tower, image_size=image_size)
+    try:
+        out = [
+            runner.forward_features(images_to_tensor(list(images[i : i + batch_size]), size=image_size))
+            for i in range(0, len(images), batch_size)
+        ]
+    finally:
+        runner.close()
+    if not out:
+        raise ConfigError("extract_grids: no images")
+    return torch.cat(out)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -2,12 +2,10 @@
 
 from polymodal.generate.flow import flow_matching_loss, sample_images
 from polymodal.generate.frechet import frechet_distance, tower_features
-from polymodal.generate.model import FlowUNet, GeneratorConfig
+from polymodal.generate.model import FlowUNet, GeneratorConfig, from_pil, to_pil
 from polymodal.generate.train import (
     GeneratorTrainConfig,
     GeneratorTrainResult,
-    from_pil,
-    to_pil,
     train_generator,
 )
 

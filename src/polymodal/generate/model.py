@@ -14,18 +14,23 @@ A model folder holds ``config.json`` (``kind: "text2image"``) and ``model.safete
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor, nn
 
 from polymodal.core.checkpoint import load_weights, save_weights
 from polymodal.errors import CheckpointError, ConfigError, ShapeError
+from polymodal.towers.minilm import MiniLMTextTower
 
-__all__ = ["KIND", "FlowUNet", "GeneratorConfig", "read_folder", "write_folder"]
+__all__ = ["KIND", "FlowUNet", "GeneratorConfig", "from_pil", "read_folder", "to_pil", "write_folder"]
 
 KIND = "text2image"
 
@@ -56,6 +61,33 @@ class GeneratorConfig:
                 raise ConfigError(f"GeneratorConfig.{name}: must be >= 1, got {getattr(self, name)}")
         if self.channels % 8:
             raise ConfigError(f"GeneratorConfig.channels: must be divisible by 8 (group norm), got {self.channels}")
+
+
+def from_pil(images: Sequence[Image.Image], size: int = 32) -> Tensor:
+    """``(N, 3, size, size)`` in [-1, 1], RGB, area-downsampled (LANCZOS).
+
+    Args:
+        images: PIL images.
+        size: Output side.
+    """
+    arrays = [np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)) for im in images]
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()  # (N, 3, S, S)
+    return x / 127.5 - 1.0
+
+
+def to_pil(images: Tensor) -> list[Image.Image]:
+    """Inverse of :func:`from_pil`.
+
+    Args:
+        images: ``(N, 3, S, S)`` in [-1, 1].
+    """
+    arr = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()  # (N, S, S, 3)
+    return [Image.fromarray(a) for a in arr]
+
+
+@lru_cache(maxsize=1)
+def _text_tower() -> MiniLMTextTower:
+    return MiniLMTextTower.pretrained()
 
 
 def timestep_embedding(t: Tensor, dim: int) -> Tensor:
@@ -117,6 +149,48 @@ class FlowUNet(nn.Module):
         self.up1 = _ResBlock(3 * ch, ch, e)  # at 1/1, with the skip
         self.out = nn.Sequential(nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, 3, 3, padding=1))
 
+    # ---------------------------------------------------------------- prompts and pictures
+    def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
+        """PIL images as the model's ``(N, 3, S, S)`` tensors in [-1, 1] (training targets)."""
+        return from_pil(images, size=self.config.image_size)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> Tensor:
+        """The ``(N, 384)`` unit-norm MiniLM sentence vectors the model is conditioned on.
+
+        Args:
+            prompts: Texts.
+        """
+        if self.config.cond_dim != 384:
+            raise ConfigError(f"this generator is conditioned on {self.config.cond_dim}-d vectors, not MiniLM's 384; "
+                              "pass its own condition vectors to sample_images")
+        return _text_tower().encode(list(prompts), normalize=True)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        num: int = 1,
+        steps: int = 20,
+        guidance: float = 2.0,
+        generator: torch.Generator | None = None,
+    ) -> list[Image.Image]:
+        """``num`` images per prompt, prompt by prompt (an unconditional model ignores the words).
+
+        Args:
+            prompts: Texts.
+            num: Images per prompt.
+            steps: Euler steps.
+            guidance: Classifier-free guidance weight.
+            generator: Random source of the starting noise.
+        """
+        from polymodal.generate.flow import sample_images  # (it imports this module)
+
+        cond = self.encode_prompts(prompts).repeat_interleave(num, 0) if self.config.conditional else None
+        x = sample_images(self, cond, num=num * len(prompts), steps=steps, guidance=guidance, generator=generator)
+        return to_pil(x)
+
+    # ---------------------------------------------------------------- the network
     def embed(self, t: Tensor, cond: Tensor | None) -> Tensor:
         """Block embedding ``(B, emb_dim)`` of time and condition (``None`` rows = the null condition)."""
         emb = self.time_mlp(timestep_embedding(t, self.config.emb_dim))
