@@ -8,7 +8,7 @@
 """
 
 from polymodal.errors import CheckpointError, ConfigError, DataError, PolymodalError
-from polymodal.models.io import create, load, save, save_model
+from polymodal.models.io import create, load, save
 
 __version__ = "0.1.0"
 __all__ = [
@@ -20,5 +20,4 @@ __all__ = [
     "create",
     "load",
     "save",
-    "save_model",
 ]
