@@ -49,11 +49,11 @@ def make_index(root: Path, items: int) -> Path:
     import torch
 
     from polymodal.models.aligner import Aligner, AlignerConfig
-    from polymodal.models.io import load, save_model
+    from polymodal.models.io import load, save
     from polymodal.search.writer import IndexWriter, NewItem
 
     torch.manual_seed(0)
-    save_model(Aligner(AlignerConfig()), root / "model")
+    save(Aligner(AlignerConfig()), root / "model")
     model = load(root / "model")
     rng = np.random.default_rng(0)
     vecs = rng.standard_normal((items, model.config.embed_dim), dtype=np.float32)

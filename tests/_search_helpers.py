@@ -22,12 +22,12 @@ def model_dir(seed: int = 0) -> Path:
     import torch
 
     from polymodal.models.aligner import Aligner, AlignerConfig
-    from polymodal.models.io import save_model
+    from polymodal.models.io import save
 
     root = Path(tempfile.mkdtemp(prefix="pm-search-model-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     torch.manual_seed(seed)
-    save_model(Aligner(AlignerConfig(image_size=64)), root / "model")
+    save(Aligner(AlignerConfig(image_size=64)), root / "model")
     return root / "model"
 
 

@@ -20,7 +20,7 @@ from polymodal.data.openmoji import load_openmoji
 from polymodal.data.pairs import load_pairs
 from polymodal.errors import CheckpointError, ConfigError
 from polymodal.models.aligner import Aligner, AlignerConfig
-from polymodal.models.io import save_model
+from polymodal.models.io import save
 from polymodal.train.feature_cache import FeatureCache
 from polymodal.train.fit import DualEncoderTrainer, TrainConfig
 from polymodal.train.trunk_features import image_trunk_features
@@ -224,7 +224,7 @@ def test_concat_pairs_keeps_order_and_shared_labels():
 
 
 def test_save_and_load_round_trip(tmp_path, model, emoji):
-    save_model(model, tmp_path / "m")
+    save(model, tmp_path / "m")
     loaded = polymodal.load(tmp_path / "m")
     imgs = [r.image for r in emoji[:2]]
     torch.testing.assert_close(loaded.encode_image(imgs), model.encode_image(imgs))
@@ -234,7 +234,7 @@ def test_save_and_load_round_trip(tmp_path, model, emoji):
 def test_checkpoint_with_unknown_keys_is_refused(tmp_path, model):
     from safetensors.torch import save_file
 
-    save_model(model, tmp_path / "m")
+    save(model, tmp_path / "m")
     sd = model.trainable_state_dict()
     sd["evil.weight"] = torch.zeros(1)
     save_file(sd, str(tmp_path / "m" / "model.safetensors"))
@@ -333,7 +333,7 @@ def test_wrong_column_is_a_one_line_error(tmp_path, capsys):
 
 def _saved_model_and_pngs(tmp_path: Path, model: Aligner, records: list) -> list[str]:
     """``model`` saved in ``tmp_path/m``; the records' images as PNG files there, their paths."""
-    save_model(model, tmp_path / "m")
+    save(model, tmp_path / "m")
     paths = [str(tmp_path / f"{r.key}.png") for r in records]
     for r, p in zip(records, paths, strict=True):
         r.image.save(p)
@@ -401,7 +401,7 @@ def test_embed_and_zeroshot_skip_an_unreadable_image_and_say_which_row_is_which(
 def test_embed_checks_its_output_before_any_work(tmp_path, model, monkeypatch, capsys):
     import polymodal.embed
 
-    save_model(model, tmp_path / "m")
+    save(model, tmp_path / "m")
     texts = tmp_path / "t.txt"
     texts.write_text("a red heart\n")
     (tmp_path / "a-file").write_text("")
@@ -413,7 +413,7 @@ def test_embed_checks_its_output_before_any_work(tmp_path, model, monkeypatch, c
 
 def test_eval_says_which_rows_it_scored_and_can_score_all(tmp_path, model, emoji, capsys):
     # eval --data my.csv scored a hash-chosen test split without a word (#16 item 7).
-    save_model(model, tmp_path / "m")
+    save(model, tmp_path / "m")
     manifest = _manifest(tmp_path / "data", emoji, bad=False)
     args = ["eval", "--model", str(tmp_path / "m"), "--data", str(manifest)]
     capsys.readouterr()

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+import polymodal
 from polymodal.caption import (
     CaptionConfig,
     Captioner,
@@ -16,9 +17,7 @@ from polymodal.caption import (
     extract_grids,
     greedy_decode,
     length_penalty,
-    load_captioner,
     sample_decode,
-    save_captioner,
     train_captioner,
 )
 from polymodal.caption.decode import _blocked
@@ -146,13 +145,13 @@ def test_cross_attention_maps_are_distributions() -> None:
 
 def test_save_load_roundtrip(tmp_path) -> None:  # type: ignore[no-untyped-def]
     model = _model()
-    save_captioner(model, tmp_path / "m")
-    again = load_captioner(tmp_path / "m")
+    polymodal.save(model, tmp_path / "m")
+    again = polymodal.load(tmp_path / "m")
     grid = torch.randn(2, 16, 2, 2)
     assert greedy_decode(again, grid).ids == greedy_decode(model, grid).ids
     assert again.head.weight is again.embed.weight
     with pytest.raises(CheckpointError, match="no config.json"):
-        load_captioner(tmp_path)
+        polymodal.load(tmp_path)
 
 
 def test_tiny_end_to_end_learns_captions() -> None:
@@ -186,7 +185,7 @@ def test_cli_captions_an_image_file(tmp_path) -> None:  # type: ignore[no-untype
     torch.manual_seed(0)
     tok = WordTokenizer.build(CAPTIONS)
     cfg = CaptionConfig(vocab_size=tok.vocab_size, grid_cells=4, dim=32, heads=2, depth=1, max_length=6, image_size=64)
-    save_captioner(Captioner(cfg, tok).eval(), tmp_path / "m")
+    polymodal.save(Captioner(cfg, tok).eval(), tmp_path / "m")
     Image.new("RGB", (40, 40), (200, 10, 10)).save(tmp_path / "a.png")
     from click.testing import CliRunner
 

@@ -16,7 +16,7 @@ from polymodal.errors import ConfigError, DataError
 from polymodal.eval import robustness
 from polymodal.models.build import load_preset, preset_names
 from polymodal.models.classifier import ClassifierConfig, MultimodalClassifier, missing_modality_dropout
-from polymodal.models.io import load, save_model
+from polymodal.models.io import load, save
 from polymodal.train import classifier_fit
 from polymodal.train.classifier_fit import DataSplits, encode_labels, fit_classifier, prepare
 
@@ -60,7 +60,7 @@ def test_every_preset_builds_and_runs(name: str) -> None:
 def test_save_load_round_trip_through_io(tmp_path: Path) -> None:
     cfg = _tiny("fusion-low_rank").replace(labels=LABELS)
     model = MultimodalClassifier(cfg).eval()
-    save_model(model, tmp_path / "m")
+    save(model, tmp_path / "m")
     back = load(tmp_path / "m")
     assert isinstance(back, MultimodalClassifier)
     x = prepare(cfg, _records(4))

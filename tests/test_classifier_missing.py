@@ -15,7 +15,7 @@ from polymodal.data.record import Record
 from polymodal.errors import ConfigError
 from polymodal.models.build import load_preset
 from polymodal.models.classifier import ClassifierConfig, MultimodalClassifier, missing_modality_dropout
-from polymodal.models.io import load, save_model
+from polymodal.models.io import load, save
 from polymodal.train.classifier_fit import DataSplits, fit_classifier, prepare
 
 LABELS = tuple(str(d) for d in range(3))
@@ -93,7 +93,7 @@ def test_aux_heads_are_trained_saved_and_do_not_change_the_prediction(preset: st
     for name, p in model.named_parameters():
         if name.startswith(("aux_heads.", "encoders.")) and "pos" not in name:
             assert p.grad is not None and bool(p.grad.abs().sum() > 0), name
-    save_model(model, tmp_path / "m")
+    save(model, tmp_path / "m")
     back = load(tmp_path / "m")
     assert isinstance(back, MultimodalClassifier)
     assert set(dict(back.named_parameters())) == set(dict(model.named_parameters()))

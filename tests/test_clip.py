@@ -17,7 +17,7 @@ from polymodal.errors import CheckpointError, ConfigError, ShapeError
 from polymodal.models.aligner import TextTrunk
 from polymodal.models.build import PRESET_DIR, build_model, load_preset, preset_names
 from polymodal.models.clip import CLIP, CLIPConfig
-from polymodal.models.io import load, save_model
+from polymodal.models.io import load, save
 from polymodal.towers.text_transformer import TextTransformer, TextTransformerConfig
 from polymodal.towers.vit import VisionTransformer, ViTConfig, patch_grid_attention
 
@@ -210,7 +210,7 @@ def test_bf16_autocast_option_keeps_float32_features(tiny):
 
 
 def test_save_and_load_keep_weights_and_tokenizer(tiny, tmp_path):
-    save_model(tiny, tmp_path / "m")
+    save(tiny, tmp_path / "m")
     assert (tmp_path / "m" / "tokenizer.json").is_file()
     back = load(tmp_path / "m")
     assert isinstance(back, CLIP) and not back.training
@@ -265,7 +265,7 @@ def test_trainer_runs_clip_end_to_end(tmp_path):
     assert all(not torch.equal(before[k], after[k]) for k in ("visual.proj.weight", "text.proj.weight"))
     ev = evaluate_aligner(model, test, cache=cache, train=train, val=val, probe=False)
     assert 0.0 <= ev.metrics["image_retrieval_recall@1"] <= 1.0
-    save_model(model, tmp_path / "run")
+    save(model, tmp_path / "run")
     back = load(tmp_path / "run")
     torch.testing.assert_close(back.encode_text(test.texts), model.eval().encode_text(test.texts))
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+import polymodal
 from polymodal.core import distributed
 from polymodal.errors import CheckpointError, ConfigError, ShapeError
 from polymodal.flava import (
@@ -28,9 +29,7 @@ from polymodal.flava import (
     evaluate_vqa,
     finetune_vqa,
     image_embeddings,
-    load_flava,
     pretrain,
-    save_flava,
     tokenize,
     zeroshot_classify_images,
 )
@@ -537,35 +536,35 @@ def test_zeroshot_matches_the_cosine_argmax_of_prompt_means():
 def test_save_load_round_trip_gives_equal_outputs(tmp_path, vqa):
     torch.manual_seed(0)
     tok = WordTokenizer([f"w{i}" for i in range(VOCAB - 4)])
-    flava = FlavaModel(_config())
-    model: FlavaModel | FlavaForVqa = FlavaForVqa(flava, num_answers=3) if vqa else flava
-    model.eval()
+    flava = FlavaModel(_config(), tokenizer=tok)
     answers = ["yes", "no", "2"] if vqa else []
-    save_flava(model, tmp_path / "m", tokenizer=tok, answers=answers, extra={"note": "x"})
-    ckpt = load_flava(tmp_path / "m")
-    assert type(ckpt.model) is type(model) and ckpt.answers == answers and ckpt.extra == {"note": "x"}
-    assert ckpt.tokenizer.itos == tok.itos
+    model: FlavaModel | FlavaForVqa = FlavaForVqa(flava, answers=answers) if vqa else flava
+    model.eval()
+    polymodal.save(model, tmp_path / "m", extra={"note": "x"})
+    again = polymodal.load(tmp_path / "m")
+    assert type(again) is type(model) and again.extra == {"note": "x"}
+    assert again.tokenizer is not None and again.tokenizer.itos == tok.itos
     images, ids, attention = _batch()
     with torch.no_grad():
         if isinstance(model, FlavaForVqa):
-            assert isinstance(ckpt.model, FlavaForVqa)
-            torch.testing.assert_close(
-                ckpt.model(images, ids, attention), model(images, ids, attention), rtol=0, atol=0
-            )
+            assert isinstance(again, FlavaForVqa) and again.answers == answers
+            torch.testing.assert_close(again(images, ids, attention), model(images, ids, attention), rtol=0, atol=0)
         else:
-            assert isinstance(ckpt.model, FlavaModel)
-            torch.testing.assert_close(ckpt.model.fuse(ckpt.model.encode_image(images), ckpt.model.encode_text(ids, attention), attention),
+            assert isinstance(again, FlavaModel)
+            torch.testing.assert_close(again.fuse(again.encode_image(images), again.encode_text(ids, attention), attention),
                                        model.fuse(model.encode_image(images), model.encode_text(ids, attention), attention), rtol=0, atol=0)  # fmt: skip
 
 
 def test_load_rejects_missing_and_mismatched_folders(tmp_path):
     with pytest.raises(CheckpointError, match="no config.json"):
-        load_flava(tmp_path)
+        polymodal.load(tmp_path)
     tok = WordTokenizer([f"w{i}" for i in range(VOCAB - 4)])
-    save_flava(FlavaModel(_config()), tmp_path / "m", tokenizer=tok)
+    polymodal.save(FlavaModel(_config(), tokenizer=tok), tmp_path / "m")
     cfg = (tmp_path / "m" / "config.json").read_text().replace('"width": 32', '"width": 64')
     (tmp_path / "m" / "config.json").write_text(cfg)
     with pytest.raises(CheckpointError, match="do not fit"):
-        load_flava(tmp_path / "m")
+        polymodal.load(tmp_path / "m")
     with pytest.raises(ConfigError, match="vocab_size"):
-        save_flava(FlavaModel(_config(vocab_size=30)), tmp_path / "n", tokenizer=tok)
+        FlavaModel(_config(vocab_size=30), tokenizer=tok)
+    with pytest.raises(ConfigError, match="2 answers given for a head of 3"):
+        FlavaForVqa(FlavaModel(_config()), num_answers=3, answers=["yes", "no"])

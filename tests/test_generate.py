@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import polymodal
 from polymodal.errors import CheckpointError, ShapeError
 from polymodal.generate import (
     FlowUNet,
@@ -14,9 +15,7 @@ from polymodal.generate import (
     flow_matching_loss,
     frechet_distance,
     from_pil,
-    load_generator,
     sample_images,
-    save_generator,
     to_pil,
     train_generator,
 )
@@ -125,13 +124,13 @@ def test_pil_roundtrip_and_save_load(tmp_path) -> None:  # type: ignore[no-untyp
     back = from_pil(to_pil(x), size=8)
     assert (back - x).abs().max() <= 1 / 127.5 + 1e-6
     model = FlowUNet(SMALL).eval()
-    save_generator(model, tmp_path / "g")
-    again = load_generator(tmp_path / "g")
+    polymodal.save(model, tmp_path / "g")
+    again = polymodal.load(tmp_path / "g")
     c = torch.randn(1, 4)
     assert torch.equal(sample_images(model, c, steps=2, generator=torch.Generator().manual_seed(0)),
                        sample_images(again, c, steps=2, generator=torch.Generator().manual_seed(0)))
     with pytest.raises(CheckpointError):
-        load_generator(tmp_path)
+        polymodal.load(tmp_path)
 
 
 def test_tiny_end_to_end_generates_the_conditioned_colour() -> None:

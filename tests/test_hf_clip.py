@@ -1,6 +1,6 @@
 """Hugging Face CLIP interop: a transformers CLIPModel from a small random config, saved with a tiny
 CLIPTokenizer, loads offline through polymodal.load with embeddings and logits equal within 1e-5; polymodal
-CLIPs saved with save_hf load back into transformers with the same numbers; broken folders fail clearly."""
+CLIPs saved with polymodal.save(kind="hf-clip") load back into transformers with the same numbers; broken folders fail clearly."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from polymodal.errors import CheckpointError, ConfigError
 from polymodal.models.build import build_model, load_preset
 from polymodal.models.clip import CLIP
 from polymodal.models.hf_clip import is_hf_clip_dir
-from polymodal.models.io import save_hf, save_model
 from polymodal.towers.vit import ViTConfig
 
 transformers = pytest.importorskip("transformers")
@@ -91,7 +90,7 @@ def test_every_polymodal_command_path_works_on_hf_weights(hf_dir, tmp_path):
     preds = ours.zeroshot([img], ["cat", "dog", "photo"])
     assert len(preds[0]) == 3
     # Saved in polymodal's own format and loaded back: same numbers.
-    save_model(ours, tmp_path / "pm")
+    polymodal.save(ours, tmp_path / "pm")
     back = polymodal.load(tmp_path / "pm")
     torch.testing.assert_close(back.encode_text(TEXTS), ours.encode_text(TEXTS), rtol=0, atol=0)
 
@@ -103,7 +102,7 @@ def test_save_hf_round_trip_into_transformers(act, tmp_path):
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     model.fit_tokenizer(["red heart", "green apple", "grinning face", "dog face", "cat face"] * 3)
-    save_hf(model, tmp_path / "hf")
+    polymodal.save(model, tmp_path / "hf", kind="hf-clip")
     ref = transformers.CLIPModel.from_pretrained(tmp_path / "hf").eval()
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     texts = ["red heart", "Grinning FACE!!", "an unseen zebra 🦓"]
@@ -127,9 +126,9 @@ def test_save_hf_refuses_architectures_transformers_cannot_express(tmp_path):
     model = build_model(cfg)
     model.fit_tokenizer(["red heart", "dog face"] * 3)
     with pytest.raises(ConfigError, match="pool='cls'"):
-        save_hf(model, tmp_path / "hf")
+        polymodal.save(model, tmp_path / "hf", kind="hf-clip")
     with pytest.raises(ConfigError, match="no tokenizer"):
-        save_hf(build_model(load_preset("clip-tiny")), tmp_path / "hf2")
+        polymodal.save(build_model(load_preset("clip-tiny")), tmp_path / "hf2", kind="hf-clip")
 
 
 # ------------------------------------------------------------------------------------------ broken folders

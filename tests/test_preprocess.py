@@ -218,14 +218,13 @@ def test_hugging_face_clip_eval_pixels_are_unchanged() -> None:
 
 def test_every_model_carries_its_preprocessing() -> None:
     """Each model's ``preprocess`` is its ``image_preprocess`` spec, and the spec reproduces the old pixels."""
-    from polymodal.text import WordTokenizer
-
     from polymodal.caption.model import CaptionConfig, Captioner
     from polymodal.flava.config import FlavaConfig
     from polymodal.flava.model import FlavaModel
     from polymodal.generate.model import FlowUNet, GeneratorConfig
     from polymodal.models.classifier import ClassifierConfig, MultimodalClassifier
     from polymodal.models.classifier_encoders import ImageEncoderConfig
+    from polymodal.text import WordTokenizer
 
     images = [IMAGES[n] for n in NAMES]
     flava = FlavaModel(FlavaConfig(vocab_size=16, image_size=16, patch_size=8, width=16, heads=2))

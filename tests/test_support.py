@@ -86,7 +86,7 @@ def aligner():
 
 
 def test_zeroshot_uses_the_support_set_and_it_survives_save_load(tmp_path, aligner) -> None:
-    from polymodal.models.io import load, save_model
+    from polymodal.models.io import load, save
 
     img = Image.new("RGB", (64, 64), (220, 40, 40))
     x = aligner.encode_image([img])  # (1, D)
@@ -102,21 +102,21 @@ def test_zeroshot_uses_the_support_set_and_it_survives_save_load(tmp_path, align
         mixed = dict(aligner.zeroshot([img], labels)[0])
         assert mixed["a rocket"] > plain["a rocket"] + 0.05
         assert mixed["a rocket"] > 0.5
-        save_model(aligner, tmp_path / "m")
+        save(aligner, tmp_path / "m")
         assert (tmp_path / "m" / SUPPORT_FILE).is_file()
         back = load(tmp_path / "m")
         assert back.support is not None and back.support.config == aligner.support.config
         assert dict(back.zeroshot([img], labels)[0]) == pytest.approx(mixed, abs=1e-3)
     finally:
         aligner.support = None
-    save_model(aligner, tmp_path / "m")  # a model without a support set removes the stale file
+    save(aligner, tmp_path / "m")  # a model without a support set removes the stale file
     assert not (tmp_path / "m" / SUPPORT_FILE).exists()
     assert load(tmp_path / "m").support is None
 
 
 def test_zeroshot_cli_support_switch(tmp_path, aligner, capsys) -> None:
     from polymodal.cli.main import main
-    from polymodal.models.io import save_model
+    from polymodal.models.io import save
 
     img = Image.new("RGB", (64, 64), (40, 40, 220))
     path = tmp_path / "blue.png"
@@ -126,7 +126,7 @@ def test_zeroshot_cli_support_switch(tmp_path, aligner, capsys) -> None:
     aligner.support = SupportSet(torch.cat([x, other]), aligner.encode_text(["a rocket", "a cat"]),
                                  SupportConfig(text_k=1, text_weight=4.0))
     try:
-        save_model(aligner, tmp_path / "m")
+        save(aligner, tmp_path / "m")
         want = {flag: dict(aligner.zeroshot([img], ["a cat", "a rocket"], support=flag)[0]) for flag in (True, False)}
     finally:
         aligner.support = None

@@ -22,14 +22,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+import polymodal
 from polymodal.caption import (
     Captioner,
     CaptionTrainConfig,
     beam_search,
     extract_grids,
     greedy_decode,
-    load_captioner,
-    save_captioner,
     train_captioner,
 )
 from polymodal.caption.attention_plot import plot_cross_attention
@@ -90,9 +89,7 @@ def main() -> None:
     test = splits["test"]
     base: dict[str, dict[str, list[str]]] = {"val": {}, "test": {}}
     if args.aligner:
-        from polymodal.models.io import load
-
-        aligner = load(args.aligner)
+        aligner = polymodal.load(args.aligner, kinds={"aligner", "clip", "hf-clip"}, what="the aligner baseline")
         texts = sorted({r.text for r in train})
         with torch.no_grad():
             text_emb = aligner.encode_text(texts)  # (N_texts, D), L2-normalised
@@ -121,7 +118,7 @@ def main() -> None:
     for epochs in [int(e) for e in args.epochs.split(",")]:
         folder = out / f"epochs{epochs}"
         if args.reuse and folder.is_dir():
-            model = load_captioner(folder)
+            model = polymodal.load(folder, kinds={"captioner"}, what="caption_eval")
         else:
             cfg = CaptionTrainConfig(
                 epochs=epochs, label_smoothing=args.label_smoothing,
@@ -133,7 +130,7 @@ def main() -> None:
             print(f"epochs {epochs}: trained in {time.time() - t0:.0f}s, loss {h[0]['loss']:.3f} -> {h[-1]['loss']:.3f}",
                   flush=True)
             model = result.model
-            save_captioner(model, folder, extra={"history": h})
+            polymodal.save(model, folder, extra={"history": h})
         t0 = time.time()
         cached_val = folder / "val_scores.json"
         done = json.loads(cached_val.read_text()) if args.reuse and cached_val.is_file() else {}
@@ -150,7 +147,7 @@ def main() -> None:
     assert best is not None
     _, epochs, dec = best
     print(f"selected on val: {epochs} epochs, {dec[0]} (val CIDEr-D {best[0]:.3f})", flush=True)
-    model = load_captioner(out / f"epochs{epochs}")
+    model = polymodal.load(out / f"epochs{epochs}")
 
     # ---- test, once, for the selected model and the baselines
     rows: dict[str, list[str]] = {}

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+import polymodal
 from polymodal.data.openmoji import OPENMOJI_GROUPS
 from polymodal.data.openmoji_labels import group_text
 from polymodal.data.pairs import load_pairs
@@ -44,7 +45,6 @@ from polymodal.flava import (
     finetune_vqa,
     pixels,
     pretrain,
-    save_flava,
     vqa_tensors,
     zeroshot_classify_images,
 )
@@ -160,7 +160,7 @@ def main() -> None:
     for name in names:
         t0, cpu0 = time.perf_counter(), time.process_time()
         torch.manual_seed(args.seed)
-        flava = FlavaModel(model_cfg)
+        flava = FlavaModel(model_cfg, tokenizer=tokenizer)
         row: dict[str, Any] = {}
         if name != "vqa-alone":
             pcfg = PretrainConfig(
@@ -179,13 +179,8 @@ def main() -> None:
             row["zeroshot_val_top1"] = zeroshot(flava, "val")
             row["zeroshot_test_top1"] = zeroshot(flava, "test")
             if args.save_models:
-                save_flava(
-                    flava,
-                    args.out / name / "pretrained",
-                    tokenizer=tokenizer,
-                    extra={"weights": pcfg.weights},
-                )
-        vqa_model = FlavaForVqa(copy.deepcopy(flava), num_answers=len(ANSWERS))
+                polymodal.save(flava, args.out / name / "pretrained", extra={"weights": pcfg.weights})
+        vqa_model = FlavaForVqa(copy.deepcopy(flava), answers=ANSWERS)
         torch.manual_seed(args.seed + 1)  # the head's initialisation, the same for every run
         vqa_model.head.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
         fit = finetune_vqa(vqa_model, vqa["train"], vqa["val"], vqa_cfg)
@@ -199,7 +194,7 @@ def main() -> None:
         row["seconds"] = time.perf_counter() - t0
         row["cpu_seconds"] = time.process_time() - cpu0
         if args.save_models:
-            save_flava(vqa_model, args.out / name / "vqa", tokenizer=tokenizer, answers=list(ANSWERS))
+            polymodal.save(vqa_model, args.out / name / "vqa")
         results["runs"][name] = row
         results["total_seconds"] = time.perf_counter() - start
         results["total_cpu_seconds"] = time.process_time()

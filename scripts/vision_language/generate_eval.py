@@ -21,15 +21,14 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+import polymodal
 from polymodal.data.openmoji import load_openmoji
 from polymodal.eval.caption_metrics import clip_score
 from polymodal.generate import (
     GeneratorTrainConfig,
     frechet_distance,
     from_pil,
-    load_generator,
     sample_images,
-    save_generator,
     to_pil,
     tower_features,
     train_generator,
@@ -65,13 +64,13 @@ def main() -> None:
     models = {}
     for name, cond in (("conditional", c), ("unconditional", None)):
         if args.reuse:
-            models[name] = load_generator(out / name)
+            models[name] = polymodal.load(out / name, kinds={"text2image"}, what="generate_eval")
             continue
         t0 = time.time()
         res = train_generator(x, cond, cfg)
         h = res.history
         print(f"{name}: {time.time() - t0:.0f}s, loss {h[0]['loss']:.3f} -> {h[-1]['loss']:.3f}", flush=True)
-        save_generator(res.model, out / name, extra={"history": h, "steps": args.steps})
+        polymodal.save(res.model, out / name, extra={"history": h, "steps": args.steps})
         models[name] = res.model
     prompts = [r.text for r in test]
     pc = text.encode(prompts, normalize=True)
@@ -85,9 +84,7 @@ def main() -> None:
     print(f"sampled {3 * len(prompts)} images in {time.time() - t0:.0f}s", flush=True)
     aligner = None
     if args.aligner:
-        from polymodal.models.io import load
-
-        aligner = load(args.aligner)
+        aligner = polymodal.load(args.aligner, kinds={"aligner", "clip", "hf-clip"}, what="the retrieval baseline")
         with torch.no_grad():
             sim = aligner.encode_text(prompts) @ aligner.encode_image([r.image for r in train]).T  # (N_test, N_train)
         samples["retrieval (nearest train image)"] = small([train[i].image for i in sim.argmax(1).tolist()])

@@ -1,12 +1,11 @@
 """polymodal.caption: image captioning (EfficientNet grid -> transformer decoder) and its decoders."""
 
 from polymodal.caption.decode import Decoded, beam_search, greedy_decode, length_penalty, sample_decode
-from polymodal.caption.model import CaptionConfig, Captioner, load_captioner, save_captioner
+from polymodal.caption.model import CaptionConfig, Captioner, extract_grids
 from polymodal.caption.train import (
     CaptionTrainConfig,
     CaptionTrainResult,
     caption_loss,
-    extract_grids,
     train_captioner,
 )
 
@@ -21,8 +20,6 @@ __all__ = [
     "extract_grids",
     "greedy_decode",
     "length_penalty",
-    "load_captioner",
     "sample_decode",
-    "save_captioner",
     "train_captioner",
 ]

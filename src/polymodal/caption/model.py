@@ -7,26 +7,35 @@ cell), and the words attend to them through encoder-decoder (cross) attention. T
 so training runs on cached grids (:mod:`polymodal.caption.train`).
 
 A model folder holds ``config.json`` (``kind: "captioner"``, the config and the tokenizer's words) and
-``model.safetensors``; :func:`save_captioner` / :func:`load_captioner` write and read it.
+``model.safetensors``; ``polymodal.save`` / ``polymodal.load`` write and read it (through
+:func:`write_folder` / :func:`read_folder`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from PIL import Image
 from torch import Tensor, nn
 
-from polymodal.core.checkpoint import atomic_write_json, load_weights, read_folder_config, save_weights
+from polymodal.core.checkpoint import load_weights, save_weights
 from polymodal.data.pixels import ImagePreprocess
 from polymodal.errors import CheckpointError, ConfigError, ShapeError
 from polymodal.nn import LearnedPositionalEmbedding, TransformerDecoder
 from polymodal.text import WordTokenizer
+from polymodal.towers.efficientnet import EfficientNetLite0
+from polymodal.towers.efficientnet_runner import EfficientNetLite0Runner
 from polymodal.towers.preprocess import effnet_preprocess
 
-__all__ = ["CaptionConfig", "Captioner", "load_captioner", "save_captioner"]
+if TYPE_CHECKING:
+    from polymodal.caption.decode import Decoded
+
+__all__ = ["KIND", "CaptionConfig", "Captioner", "extract_grids", "read_folder", "write_folder"]
 
 KIND = "captioner"
 
@@ -77,6 +86,8 @@ class Captioner(nn.Module):
         tokenizer: The word vocabulary (kept with the model so a folder is self-contained).
     """
 
+    kind = KIND
+
     def __init__(self, config: CaptionConfig, tokenizer: WordTokenizer) -> None:
         super().__init__()
         if tokenizer.vocab_size != config.vocab_size:
@@ -84,6 +95,7 @@ class Captioner(nn.Module):
                 f"Captioner: tokenizer has {tokenizer.vocab_size} ids, config.vocab_size is {config.vocab_size}"
             )
         self.config = config
+        self.extra: dict[str, Any] = {}  # config.json entries besides the model's own (polymodal.save / load)
         self.tokenizer = tokenizer
         c = config
         self.memory_proj = nn.Sequential(nn.LayerNorm(c.feature_dim), nn.Linear(c.feature_dim, c.dim))
@@ -106,6 +118,28 @@ class Captioner(nn.Module):
     def image_preprocess(self) -> ImagePreprocess:
         """How images enter the frozen tower whose grids this model reads (at the recorded ``image_size``)."""
         return effnet_preprocess(self.config.image_size)
+
+    # ------------------------------------------------------------------ images to words
+    def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
+        """The frozen pretrained tower's ``(N, 1280, h, w)`` feature grids of PIL images, at ``config.image_size``.
+
+        Args:
+            images: PIL images.
+        """
+        return extract_grids(images, image_size=self.config.image_size, tower=_pretrained_tower())
+
+    @torch.no_grad()
+    def caption(self, images: Sequence[Image.Image], *, beam_size: int = 1, no_repeat_ngram_size: int = 2) -> Decoded:
+        """Captions of PIL images (greedy with ``beam_size=1``, the best setting on val CIDEr-D).
+
+        Args:
+            images: PIL images.
+            beam_size: Beam width.
+            no_repeat_ngram_size: Forbid repeating n-grams of this size (0 = off).
+        """
+        from polymodal.caption.decode import beam_search  # (it imports this module)
+
+        return beam_search(self, self.preprocess(images), beam_size=beam_size, no_repeat_ngram_size=no_repeat_ngram_size)
 
     # ------------------------------------------------------------------ pieces
     def memory(self, grid: Tensor) -> Tensor:
@@ -170,45 +204,79 @@ class Captioner(nn.Module):
         return torch.stack(maps)
 
 
+@lru_cache(maxsize=1)
+def _pretrained_tower() -> EfficientNetLite0:
+    return EfficientNetLite0.pretrained().eval()
+
+
+@torch.no_grad()
+def extract_grids(
+    images: Sequence[Image.Image],
+    *,
+    image_size: int = 224,
+    tower: EfficientNetLite0 | None = None,
+    batch_size: int = 64,
+) -> Tensor:
+    """Frozen tower feature grids of PIL images.
+
+    Args:
+        images: PIL images.
+        image_size: Input side (224 gives a 7x7 grid, 128 a 4x4 one).
+        tower: The tower; defaults to the pretrained EfficientNet-Lite0.
+        batch_size: Images per runner call.
+
+    Returns:
+        ``(N, 1280, h, w)`` float32.
+    """
+    tower = EfficientNetLite0.pretrained() if tower is None else tower
+    runner = EfficientNetLite0Runner(tower, image_size=image_size)
+    prep = effnet_preprocess(image_size)  # = Captioner.image_preprocess at this size
+    try:
+        out = [
+            runner.forward_features(prep(images[i : i + batch_size]))
+            for i in range(0, len(images), batch_size)
+        ]
+    finally:
+        runner.close()
+    if not out:
+        raise ConfigError("extract_grids: no images")
+    return torch.cat(out)
+
+
 # ---------------------------------------------------------------------------------------------------
-# Folder
+# Folder (the "captioner" row of polymodal.models.build.KINDS: polymodal.save / polymodal.load)
 # ---------------------------------------------------------------------------------------------------
 
 
-def save_captioner(model: Captioner, path: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``path/config.json`` and ``path/model.safetensors``.
+def write_folder(model: Captioner, path: Path) -> dict[str, Any]:
+    """Write ``path/model.safetensors`` (the tied output layer once); return the ``config.json`` entries.
 
     Args:
         model: The captioner.
-        path: Folder (created).
-        extra: More JSON keys for ``config.json`` (metrics, training settings).
+        path: An existing folder.
     """
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if k != "head.weight"}
     save_weights(path / "model.safetensors", state, metadata={"format": "polymodal"})
-    config = {"kind": KIND, "model": asdict(model.config), "tokenizer": model.tokenizer.to_dict(), **(extra or {})}
-    atomic_write_json(path / "config.json", config)
-    return path
+    return {"model": asdict(model.config), "tokenizer": model.tokenizer.to_dict()}
 
 
-def load_captioner(path: str | Path) -> Captioner:
-    """Read a folder written by :func:`save_captioner`; the model is in eval mode.
+def read_folder(path: Path, cfg: dict[str, Any]) -> Captioner:
+    """The captioner of a folder :func:`write_folder` wrote, given its parsed ``config.json``.
 
     Args:
         path: The folder.
+        cfg: Its ``config.json``.
 
     Raises:
-        CheckpointError: not a captioner folder, or weights that do not fit.
+        CheckpointError: a config that does not parse, or weights that do not fit it.
     """
-    path = Path(path)
-    cfg_path = path / "config.json"
-    cfg = read_folder_config(path, what="captioner", kinds=[KIND])
     try:
         model = Captioner(CaptionConfig(**cfg["model"]), WordTokenizer.from_dict(cfg["tokenizer"]))
-    except (KeyError, TypeError, ConfigError) as e:
-        raise CheckpointError(f"{cfg_path}: {e}") from None
+    except KeyError as e:
+        raise CheckpointError(f"{path / 'config.json'}: missing {e}") from None
+    except (TypeError, ConfigError) as e:
+        raise CheckpointError(f"{path / 'config.json'}: {e}") from None
     missing, unexpected = model.load_state_dict(load_weights(path / "model.safetensors"), strict=False)
     if unexpected or set(missing) - {"head.weight"}:
         raise CheckpointError(f"{path}/model.safetensors: missing {missing}, unexpected {unexpected}")
-    return model.eval()
+    return model

@@ -16,51 +16,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 
-from polymodal.caption.model import CaptionConfig, Captioner
+from polymodal.caption.model import CaptionConfig, Captioner, extract_grids
 from polymodal.errors import ConfigError, ShapeError
 from polymodal.text import WordTokenizer
-from polymodal.towers.efficientnet import EfficientNetLite0
-from polymodal.towers.efficientnet_runner import EfficientNetLite0Runner
-from polymodal.towers.preprocess import effnet_preprocess
 
 __all__ = ["CaptionTrainConfig", "CaptionTrainResult", "caption_loss", "extract_grids", "train_captioner"]
-
-
-@torch.no_grad()
-def extract_grids(
-    images: Sequence[Image.Image],
-    *,
-    image_size: int = 224,
-    tower: EfficientNetLite0 | None = None,
-    batch_size: int = 64,
-) -> Tensor:
-    """Frozen tower feature grids of PIL images.
-
-    Args:
-        images: PIL images.
-        image_size: Input side (224 gives a 7x7 grid, 128 a 4x4 one).
-        tower: The tower; defaults to the pretrained EfficientNet-Lite0.
-        batch_size: Images per runner call.
-
-    Returns:
-        ``(N, 1280, h, w)`` float32.
-    """
-    tower = EfficientNetLite0.pretrained() if tower is None else tower
-    runner = EfficientNetLite0Runner(tower, image_size=image_size)
-    prep = effnet_preprocess(image_size)  # = Captioner.image_preprocess at this size
-    try:
-        out = [
-            runner.forward_features(prep(images[i : i + batch_size]))
-            for i in range(0, len(images), batch_size)
-        ]
-    finally:
-        runner.close()
-    if not out:
-        raise ConfigError("extract_grids: no images")
-    return torch.cat(out)
 
 
 def caption_loss(logits: Tensor, ids: Tensor, *, pad_id: int, label_smoothing: float = 0.1) -> Tensor:

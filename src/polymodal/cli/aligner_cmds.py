@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import click
 
@@ -15,6 +16,9 @@ from polymodal.cli.presets import (
     DEMO_TRAIN,
     DEMO_TRANSFER,
 )
+
+if TYPE_CHECKING:
+    from polymodal.models.protocol import DualEncoder
 
 
 def _print_table(metrics: dict, baselines: dict) -> None:
@@ -137,7 +141,7 @@ def eval_cmd(model_dir, data, split, as_json):
     val_ps = load_pairs(data, "val") if split == "test" else None
     if train_ps is not None and len(train_ps) == 0:  # an evaluation-only set (photos): no probe, no majority
         train_ps = val_ps = None
-    ev = evaluate_aligner(model, test, cache=cache, train=train_ps, val=val_ps,
+    ev = evaluate_aligner(cast("DualEncoder", model), test, cache=cache, train=train_ps, val=val_ps,
                           support=getattr(model, "support", None), progress=not as_json)
     if as_json:
         click.echo(json.dumps({"split": split, "size": len(test), "metrics": ev.metrics, "baselines": ev.baselines,

@@ -23,15 +23,16 @@ import click
 @click.option("--seed", default=0, show_default=True, type=int)
 def caption_train(out: str, epochs: int, dim: int, depth: int, image_size: int, label_smoothing: float, seed: int) -> None:
     """Train a captioner on the OpenMoji train split (frozen EfficientNet grid, transformer decoder)."""
-    from polymodal.caption import CaptionTrainConfig, extract_grids, save_captioner, train_captioner
+    from polymodal.caption import CaptionTrainConfig, extract_grids, train_captioner
     from polymodal.data.openmoji import load_openmoji
+    from polymodal.models.io import save
 
     records = load_openmoji("train")
     grids = extract_grids([r.image for r in records], image_size=image_size)
     cfg = CaptionTrainConfig(epochs=epochs, label_smoothing=label_smoothing, seed=seed,
                              model={"dim": dim, "depth": depth, "image_size": image_size})
     result = train_captioner(grids, [r.text or "" for r in records], cfg)
-    save_captioner(result.model, out, extra={"history": result.history})
+    save(result.model, out, extra={"history": result.history})
     click.echo(f"loss {result.history[0]['loss']:.3f} -> {result.history[-1]['loss']:.3f}; wrote {out}")
 
 
@@ -48,10 +49,11 @@ def caption(model_dir: str | None, beam: int, as_json: bool, images: tuple[str, 
         return
     if model_dir is None or not images:
         raise click.UsageError("need --model DIR and at least one IMAGE (or: polymodal caption train --out DIR)")
-    from polymodal.caption import beam_search, extract_grids, load_captioner
+    from polymodal.caption import Captioner, beam_search, extract_grids
     from polymodal.data.images import load_image
+    from polymodal.models.io import load
 
-    model = load_captioner(model_dir)
+    model = load(model_dir, Captioner, what="polymodal caption")
     pil = [load_image(Path(p)) for p in images]
     grids = extract_grids(pil, image_size=model.config.image_size)
     out = beam_search(model, grids, beam_size=beam, no_repeat_ngram_size=2)
@@ -72,10 +74,11 @@ def generate(prompts: tuple[str, ...], model_dir: str, out: str, num: int, guida
     import torch
     from PIL import Image
 
-    from polymodal.generate import load_generator, sample_images, to_pil
+    from polymodal.generate import FlowUNet, sample_images, to_pil
+    from polymodal.models.io import load
     from polymodal.towers.minilm import MiniLMTextTower
 
-    model = load_generator(model_dir)
+    model = load(model_dir, FlowUNet, what="polymodal generate")
     cond = None
     if model.config.conditional:
         cond = MiniLMTextTower.pretrained().encode(list(prompts), normalize=True).repeat_interleave(num, 0)

@@ -29,7 +29,8 @@ from polymodal.data.record import Record
 from polymodal.errors import ConfigError
 from polymodal.models.classifier import MultimodalClassifier
 from polymodal.models.classifier_inputs import RawInputs, featurize, raw_inputs
-from polymodal.train.classifier_fit import accuracy, encode_labels, load_classifier, load_data
+from polymodal.models.io import load
+from polymodal.train.classifier_fit import accuracy, encode_labels, load_data
 
 __all__ = [
     "IMPERFECTIONS",
@@ -417,9 +418,9 @@ def robustness_run(
         raise ConfigError(f"model folders must have distinct names, got {names}")
     models, datas = {}, []
     for p in dirs:
-        model, cfg = load_classifier(p)
+        model = load(p, MultimodalClassifier, what="robustness")
         models[p.name] = model
-        datas.append(cfg.get("data"))
+        datas.append(model.extra.get("data"))
     data = data or datas[0]
     if not data:
         raise ConfigError("the models name no data; pass --data")
@@ -435,8 +436,8 @@ def robustness_run(
 
 def evaluate_run(path: str | Path, *, data: str | None = None, split: str = "test") -> dict[str, Any]:
     """``{"accuracy": {"all": A, "missing:image": B, ...}, "data", "split", "n"}`` of a saved classifier."""
-    model, cfg = load_classifier(path)
-    data = data or cfg.get("data")
+    model = load(path, MultimodalClassifier, what="fuse eval")
+    data = data or model.extra.get("data")
     if not data:
         raise ConfigError(f"{path}: config.json names no data; pass --data")
     d = load_data(data, splits=(split,))

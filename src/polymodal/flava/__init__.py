@@ -3,21 +3,20 @@
 Image encoder (ViT with [CLS_I]), text encoder ([CLS_T]), multimodal encoder over [CLS_M] and both streams;
 pretrained with a weighted sum of MLM, MIM (pixels), masked multimodal modelling, image-text matching with
 hard negatives and the global contrastive loss (:mod:`polymodal.losses`, section 5); evaluated zero-shot and
-by fine-tuning a VQA head on [CLS_M]. See docs/flava.md.
+by fine-tuning a VQA head on [CLS_M]. Saved and loaded with ``polymodal.save`` / ``polymodal.load``
+(kinds ``"flava"`` and ``"flava-vqa"``). See docs/flava.md.
 """
 
 from polymodal.flava.config import OBJECTIVES, FlavaConfig, PretrainConfig
 from polymodal.flava.data import SPECIAL_IDS, build_vocabulary, pixels, tokenize
 from polymodal.flava.heads import ContrastiveHead, MatchingHead, PredictionHead
 from polymodal.flava.image_encoder import FlavaImageEncoder
-from polymodal.flava.io import FlavaCheckpoint, load_flava, save_flava
 from polymodal.flava.matching import MatchingAccuracy, evaluate_itm
 from polymodal.flava.model import FlavaModel
 from polymodal.flava.multimodal_encoder import FlavaMultimodalEncoder
 from polymodal.flava.pretrain import FlavaObjectives, PretrainLosses, PretrainResult, param_groups, pretrain
 from polymodal.flava.text_encoder import FlavaTextEncoder, text_padding_mask
 from polymodal.flava.vqa import (
-    FlavaForVqa,
     VqaConfig,
     VqaResult,
     VqaTensors,
@@ -25,13 +24,13 @@ from polymodal.flava.vqa import (
     finetune_vqa,
     vqa_tensors,
 )
+from polymodal.flava.vqa_model import FlavaForVqa
 from polymodal.flava.zeroshot import image_embeddings, zeroshot_classify_images
 
 __all__ = [
     "OBJECTIVES",
     "SPECIAL_IDS",
     "ContrastiveHead",
-    "FlavaCheckpoint",
     "FlavaConfig",
     "FlavaForVqa",
     "FlavaImageEncoder",
@@ -53,11 +52,9 @@ __all__ = [
     "evaluate_vqa",
     "finetune_vqa",
     "image_embeddings",
-    "load_flava",
     "param_groups",
     "pixels",
     "pretrain",
-    "save_flava",
     "text_padding_mask",
     "tokenize",
     "vqa_tensors",

@@ -11,17 +11,20 @@ for masked multimodal modelling on the joint encoder, ITM on [CLS_M], and the co
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from PIL import Image
 from torch import Tensor, nn
 
 from polymodal.data.pixels import ImagePreprocess
+from polymodal.errors import ConfigError
 from polymodal.flava.config import FlavaConfig
-from polymodal.flava.data import image_preprocess
+from polymodal.flava.data import image_preprocess, tokenize
 from polymodal.flava.heads import ContrastiveHead, MatchingHead, PredictionHead
 from polymodal.flava.image_encoder import FlavaImageEncoder
 from polymodal.flava.multimodal_encoder import FlavaMultimodalEncoder
 from polymodal.flava.text_encoder import FlavaTextEncoder
+from polymodal.text import TokenBatch, WordTokenizer
 
 
 class FlavaModel(nn.Module):
@@ -29,11 +32,19 @@ class FlavaModel(nn.Module):
 
     Args:
         config: sizes.
+        tokenizer: the word vocabulary (``vocab_size`` ids); kept with the model so a saved folder is
+            self-contained. Optional while building, needed by :meth:`tokenize` and ``polymodal.save``.
     """
 
-    def __init__(self, config: FlavaConfig) -> None:
+    kind = "flava"
+
+    def __init__(self, config: FlavaConfig, *, tokenizer: WordTokenizer | None = None) -> None:
         super().__init__()
         self.config = c = config
+        self.extra: dict[str, Any] = {}  # config.json entries besides the model's own (polymodal.save / load)
+        self.tokenizer: WordTokenizer | None = None
+        if tokenizer is not None:
+            self.set_tokenizer(tokenizer)
         self.image_encoder = FlavaImageEncoder(c)
         self.text_encoder = FlavaTextEncoder(c)
         self.multimodal_encoder = FlavaMultimodalEncoder(c)
@@ -50,9 +61,30 @@ class FlavaModel(nn.Module):
         return image_preprocess(self.config.image_size, self.config.channels)
 
     def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
-        """Images to normalised pixels ``(B, C, S, S)``, by :attr:`image_preprocess`."""
+        """Images (any mode, any size) to normalised pixels ``(B, C, S, S)``, by :attr:`image_preprocess`."""
         return self.image_preprocess(images)
 
+    def set_tokenizer(self, tokenizer: WordTokenizer) -> None:
+        """Use ``tokenizer``; it must spell exactly ``config.vocab_size`` ids.
+
+        Args:
+            tokenizer: the vocabulary.
+        """
+        if tokenizer.vocab_size != self.config.vocab_size:
+            raise ConfigError(
+                f"FlavaModel: the tokenizer has {tokenizer.vocab_size} ids, config.vocab_size is {self.config.vocab_size}"
+            )
+        self.tokenizer = tokenizer
+
+    def tokenize(self, texts: Sequence[str]) -> TokenBatch:
+        """Texts to ``<bos> words <eos>`` ids and attention masks of at most ``max_text_length``.
+
+        Args:
+            texts: the texts.
+        """
+        if self.tokenizer is None:
+            raise ConfigError("FlavaModel: no tokenizer; pass one when building the model or call set_tokenizer")
+        return tokenize(self.tokenizer, texts, max_length=self.config.max_text_length)
     def encode_image(self, images: Tensor, *, patch_mask: Tensor | None = None) -> Tensor:
         """``(B, C, S, S)`` pixels to ``(B, 1 + N, D)``, index 0 = [CLS_I].
 

@@ -3,9 +3,9 @@ the same architecture from scratch ("VQA alone").
 
 FLAVA (Singh et al. 2022, sec. 4) evaluates multimodal tasks by putting a classifier on the multimodal
 encoder's [CLS_M] and fine-tuning the whole model; VQA is classification over a fixed answer set (here
-:data:`polymodal.data.shapes.ANSWERS`). The head is an MLP (LayerNorm, ``D -> 2D``, GELU, ``2D -> A``) as in
-FLAVA's and ViLT's VQA heads. Training keeps the weights of the epoch with the best validation accuracy:
-model selection on the validation split only.
+:data:`polymodal.data.shapes.ANSWERS`). The model, :class:`~polymodal.flava.vqa_model.FlavaForVqa`, lives in
+the models layer; this module trains it. Training keeps the weights of the epoch with the best validation
+accuracy: model selection on the validation split only.
 """
 
 from __future__ import annotations
@@ -16,46 +16,15 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from polymodal.data.record import Record
 from polymodal.errors import ConfigError, DataError, ShapeError
 from polymodal.flava.data import pixels, tokenize
-from polymodal.flava.model import FlavaModel
 from polymodal.flava.pretrain import param_groups
+from polymodal.flava.vqa_model import FlavaForVqa
 from polymodal.text import WordTokenizer
 from polymodal.train.schedule import warmup_cosine
-
-
-class FlavaForVqa(nn.Module):
-    """A :class:`FlavaModel` with an answer classifier on [CLS_M].
-
-    Args:
-        flava: the (pretrained or freshly initialised) model.
-        num_answers: size of the answer vocabulary.
-    """
-
-    def __init__(self, flava: FlavaModel, *, num_answers: int) -> None:
-        super().__init__()
-        if num_answers < 2:
-            raise ConfigError(f"FlavaForVqa: num_answers must be >= 2, got {num_answers}")
-        self.flava = flava
-        self.config = flava.config
-        self.num_answers = num_answers
-        d = flava.config.width
-        self.head = nn.Sequential(
-            nn.LayerNorm(d), nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, num_answers)
-        )
-
-    def forward(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Answer logits ``(B, A)``.
-
-        Args:
-            images: ``(B, C, S, S)`` normalised pixels.
-            input_ids: ``(B, T)`` question ids.
-            attention_mask: ``(B, T)``.
-        """
-        return self.head(self.flava.multimodal_cls(images, input_ids, attention_mask))
 
 
 @dataclass

@@ -7,25 +7,30 @@ through a sinusoidal embedding and an MLP, the text embedding ``c`` (the frozen 
 (FiLM / adaptive group norm). A learned "null" text vector stands for "no condition": it is used when the
 condition is dropped in training and for the unconditional branch of classifier-free guidance.
 
-A model folder holds ``config.json`` (``kind: "text2image"``) and ``model.safetensors``.
+A model folder holds ``config.json`` (``kind: "text2image"``) and ``model.safetensors``; ``polymodal.save`` /
+``polymodal.load`` write and read it (through :func:`write_folder` / :func:`read_folder`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor, nn
 
-from polymodal.core.checkpoint import atomic_write_json, load_weights, read_folder_config, save_weights
+from polymodal.core.checkpoint import load_weights, save_weights
 from polymodal.data.pixels import ImagePreprocess, Normalization
 from polymodal.errors import CheckpointError, ConfigError, ShapeError
+from polymodal.towers.minilm import MiniLMTextTower
 
-__all__ = ["FlowUNet", "GeneratorConfig", "image_preprocess", "load_generator", "save_generator"]
+__all__ = ["KIND", "FlowUNet", "GeneratorConfig", "from_pil", "image_preprocess", "read_folder", "to_pil", "write_folder"]
 
 KIND = "text2image"
 
@@ -69,6 +74,31 @@ class GeneratorConfig:
             raise ConfigError(f"GeneratorConfig.channels: must be divisible by 8 (group norm), got {self.channels}")
 
 
+def from_pil(images: Sequence[Image.Image], size: int = 32) -> Tensor:
+    """``(N, 3, size, size)`` in [-1, 1], RGB, area-downsampled (LANCZOS).
+
+    Args:
+        images: PIL images.
+        size: Output side.
+    """
+    return image_preprocess(size)(images)
+
+
+def to_pil(images: Tensor) -> list[Image.Image]:
+    """Inverse of :func:`from_pil`.
+
+    Args:
+        images: ``(N, 3, S, S)`` in [-1, 1].
+    """
+    arr = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()  # (N, S, S, 3)
+    return [Image.fromarray(a) for a in arr]
+
+
+@lru_cache(maxsize=1)
+def _text_tower() -> MiniLMTextTower:
+    return MiniLMTextTower.pretrained()
+
+
 def timestep_embedding(t: Tensor, dim: int) -> Tensor:
     """Sinusoidal embedding ``(B, dim)`` of times ``t`` in [0, 1] (Vaswani et al. 2017, scaled by 1000).
 
@@ -110,9 +140,12 @@ class FlowUNet(nn.Module):
         config: Sizes.
     """
 
+    kind = KIND
+
     def __init__(self, config: GeneratorConfig | None = None) -> None:
         super().__init__()
         self.config = c = config or GeneratorConfig()
+        self.extra: dict[str, Any] = {}  # config.json entries besides the model's own (polymodal.save / load)
         ch, e = c.channels, c.emb_dim
         self.time_mlp = nn.Sequential(nn.Linear(e, e), nn.SiLU(), nn.Linear(e, e))
         self.cond_proj = nn.Linear(c.cond_dim, e)
@@ -130,6 +163,48 @@ class FlowUNet(nn.Module):
         """How images enter this model's pixel space (training data; :func:`image_preprocess`)."""
         return image_preprocess(self.config.image_size)
 
+    # ---------------------------------------------------------------- prompts and pictures
+    def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
+        """PIL images as the model's ``(N, 3, S, S)`` tensors in [-1, 1] (training targets)."""
+        return from_pil(images, size=self.config.image_size)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> Tensor:
+        """The ``(N, 384)`` unit-norm MiniLM sentence vectors the model is conditioned on.
+
+        Args:
+            prompts: Texts.
+        """
+        if self.config.cond_dim != 384:
+            raise ConfigError(f"this generator is conditioned on {self.config.cond_dim}-d vectors, not MiniLM's 384; "
+                              "pass its own condition vectors to sample_images")
+        return _text_tower().encode(list(prompts), normalize=True)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        num: int = 1,
+        steps: int = 20,
+        guidance: float = 2.0,
+        generator: torch.Generator | None = None,
+    ) -> list[Image.Image]:
+        """``num`` images per prompt, prompt by prompt (an unconditional model ignores the words).
+
+        Args:
+            prompts: Texts.
+            num: Images per prompt.
+            steps: Euler steps.
+            guidance: Classifier-free guidance weight.
+            generator: Random source of the starting noise.
+        """
+        from polymodal.generate.flow import sample_images  # (it imports this module)
+
+        cond = self.encode_prompts(prompts).repeat_interleave(num, 0) if self.config.conditional else None
+        x = sample_images(self, cond, num=num * len(prompts), steps=steps, guidance=guidance, generator=generator)
+        return to_pil(x)
+
+    # ---------------------------------------------------------------- the network
     def embed(self, t: Tensor, cond: Tensor | None) -> Tensor:
         """Block embedding ``(B, emb_dim)`` of time and condition (``None`` rows = the null condition)."""
         emb = self.time_mlp(timestep_embedding(t, self.config.emb_dim))
@@ -157,35 +232,38 @@ class FlowUNet(nn.Module):
         return self.out(h)
 
 
-def save_generator(model: FlowUNet, path: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``path/config.json`` and ``path/model.safetensors``.
+# The "text2image" row of polymodal.models.build.KINDS: polymodal.save / polymodal.load.
+
+
+def write_folder(model: FlowUNet, path: Path) -> dict[str, Any]:
+    """Write ``path/model.safetensors``; return the ``config.json`` entries.
 
     Args:
         model: The generator.
-        path: Folder (created).
-        extra: More JSON keys for ``config.json``.
+        path: An existing folder.
     """
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     save_weights(path / "model.safetensors", model.state_dict(), metadata={"format": "polymodal"})
-    atomic_write_json(path / "config.json", {"kind": KIND, "model": asdict(model.config), **(extra or {})})
-    return path
+    return {"model": asdict(model.config)}
 
 
-def load_generator(path: str | Path) -> FlowUNet:
-    """Read a folder written by :func:`save_generator`; eval mode.
+def read_folder(path: Path, cfg: dict[str, Any]) -> FlowUNet:
+    """The generator of a folder :func:`write_folder` wrote, given its parsed ``config.json``.
 
     Args:
         path: The folder.
+        cfg: Its ``config.json``.
 
     Raises:
-        CheckpointError: not a generator folder, or weights that do not fit.
+        CheckpointError: a config that does not parse, or weights that do not fit it.
     """
-    path = Path(path)
-    cfg = read_folder_config(path, what="generator", kinds=[KIND])
     try:
         model = FlowUNet(GeneratorConfig(**cfg["model"]))
+    except KeyError as e:
+        raise CheckpointError(f"{path / 'config.json'}: missing {e}") from None
+    except (TypeError, ConfigError) as e:
+        raise CheckpointError(f"{path / 'config.json'}: {e}") from None
+    try:
         model.load_state_dict(load_weights(path / "model.safetensors"))
-    except (KeyError, TypeError, ConfigError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: {e}") from None
-    return model.eval()
+    except RuntimeError as e:
+        raise CheckpointError(f"{path / 'model.safetensors'}: weights do not fit the config ({str(e).splitlines()[0]})") from None
+    return model

@@ -3,39 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import Tensor
 
 from polymodal.errors import ConfigError, ShapeError
 from polymodal.generate.flow import flow_matching_loss
-from polymodal.generate.model import FlowUNet, GeneratorConfig, image_preprocess
+from polymodal.generate.model import FlowUNet, GeneratorConfig, from_pil, to_pil
 
 __all__ = ["GeneratorTrainConfig", "GeneratorTrainResult", "from_pil", "to_pil", "train_generator"]
-
-
-def from_pil(images: Sequence[Image.Image], size: int = 32) -> Tensor:
-    """``(N, 3, size, size)`` in [-1, 1], RGB, area-downsampled (LANCZOS).
-
-    Args:
-        images: PIL images.
-        size: Output side.
-    """
-    return image_preprocess(size)(images)
-
-
-def to_pil(images: Tensor) -> list[Image.Image]:
-    """Inverse of :func:`from_pil`.
-
-    Args:
-        images: ``(N, 3, S, S)`` in [-1, 1].
-    """
-    arr = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()  # (N, S, S, 3)
-    return [Image.fromarray(a) for a in arr]
 
 
 @dataclass

@@ -97,9 +97,12 @@ class TextTrunk:
 class Aligner(nn.Module):
     """CLIP-style dual encoder with a learnable temperature."""
 
+    kind = "aligner"  # its row of polymodal.models.build.KINDS
+
     def __init__(self, config: AlignerConfig | None = None, *, pretrained: bool = True) -> None:
         super().__init__()
         self.config = config = config or AlignerConfig()
+        self.extra: dict[str, Any] = {}  # config.json entries besides the model's own (polymodal.save / load)
         self.image_tower = EfficientNetLite0.pretrained() if pretrained else EfficientNetLite0()
         self.text_tower = MiniLMTextTower.pretrained() if pretrained else MiniLMTextTower()
         self.image_head = ProjectionHead(

@@ -24,9 +24,9 @@ Training for missing modalities (used by :func:`polymodal.train.classifier_fit.f
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +47,9 @@ from polymodal.models.classifier_encoders import (
     encoder_config_from_dict,
     encoder_config_to_dict,
 )
+
+if TYPE_CHECKING:
+    from polymodal.data.record import Record
 
 __all__ = ["ClassifierConfig", "ClassifierOutput", "FusionConfig", "ModalityInputs", "MultimodalClassifier"]
 
@@ -256,11 +259,14 @@ class MultimodalClassifier(nn.Module):
         config: the settings; ``config.labels`` must be set (the trainer fills it from the data).
     """
 
+    kind = "classifier"  # its row of polymodal.models.build.KINDS
+
     def __init__(self, config: ClassifierConfig) -> None:
         super().__init__()
         if not config.labels:
             raise ConfigError("classifier config has no labels; the trainer sets them from the training data")
         self.config = config
+        self.extra: dict[str, Any] = {}  # config.json entries besides the model's own (polymodal.save / load)
         self.encoders = nn.ModuleDict({m: _build_encoder(e) for m, e in config.encoders.items()})
         dims = {m: e.dim for m, e in config.encoders.items()}
         self.fusion = FUSIONS[config.fusion.kind](dims, config.fusion.dim, **config.fusion.options)
@@ -280,6 +286,21 @@ class MultimodalClassifier(nn.Module):
         """How images enter the image encoder (``None`` for a model without one)."""
         enc = self.config.encoders.get("image")
         return enc.image_preprocess if isinstance(enc, ImageEncoderConfig) else None
+
+    def labels(self) -> tuple[str, ...]:
+        """The class names, in the order of the logits."""
+        return self.config.labels
+
+    def preprocess(self, records: Sequence[Record], *, require_all: bool | None = None) -> ModalityInputs:
+        """Model inputs of ``records``: images resized, log-mels, word ids by the model's own vocabularies.
+
+        Args:
+            records: the examples.
+            require_all: see :func:`polymodal.models.classifier_inputs.raw_inputs`.
+        """
+        from polymodal.models.classifier_inputs import featurize, raw_inputs  # (it imports this module)
+
+        return featurize(self.config, raw_inputs(self.config, records, require_all=require_all))
 
     def encode(self, inputs: ModalityInputs) -> dict[str, EncodedModality]:
         """Each modality's tokens; absent rows are encoded too (their zeros) and replaced by the fusion."""

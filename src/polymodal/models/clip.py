@@ -128,9 +128,12 @@ class CLIP(nn.Module):
             later by :meth:`fit_tokenizer`.
     """
 
+    kind = "clip"  # its row of polymodal.models.build.KINDS
+
     def __init__(self, config: CLIPConfig | None = None, *, tokenizer: HFTokenizer | None = None) -> None:
         super().__init__()
         self.config = config = config or CLIPConfig()
+        self.extra: dict[str, Any] = {}  # config.json entries besides the model's own (polymodal.save / load)
         self.visual = VisionTransformer(config.vision, output_dim=config.embed_dim)
         self.text = TextTransformer(config.text, output_dim=config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))

@@ -23,7 +23,7 @@ from polymodal.eval.aligner_eval import AlignerEvaluation, evaluate_aligner
 from polymodal.eval.eval_sets import evaluate_sets, headline
 from polymodal.models.aligner import AlignerConfig
 from polymodal.models.build import build_model
-from polymodal.models.io import save_model
+from polymodal.models.io import save
 from polymodal.models.protocol import DualEncoder
 from polymodal.models.transfer import TransferConfig
 from polymodal.train.feature_cache import FeatureCache, default_cache_dir
@@ -118,7 +118,7 @@ def train_aligner(
         attach_transfer(model, fitted_on, cache, transfer)
     if hasattr(model, "support"):  # the training pairs' embeddings, saved with the model (models/support.py)
         model.support = build_support_set(model, fitted_on, cache=cache, seed=train_config.seed)
-    save_model(model, out, extra={"data": data, "train": asdict(train_config)})
+    save(model, out, extra={"data": data, "train": asdict(train_config)})
 
     seed_everything(train_config.seed)
     untrained = build_model(model_config)

@@ -323,9 +323,9 @@ def fit_classifier(
 
 def save_classifier(result: FitResult, out: str | Path, *, data: str, extra: dict[str, Any] | None = None) -> Path:
     """Write the model folder (``config.json`` + ``model.safetensors``) with the training record."""
-    from polymodal.models.io import save_model
+    from polymodal.models.io import save
 
-    return save_model(
+    return save(
         result.model,
         out,
         extra={
@@ -391,12 +391,3 @@ def train_run(
                             lr=recipe.lr, seed=seed, device=device, select=select, log=log)  # fmt: skip
     save_classifier(result, out, data=data, extra={"preset": preset or default_preset(data, fusion), "seed": seed})
     return result
-
-
-def load_classifier(path: str | Path) -> tuple[MultimodalClassifier, dict[str, Any]]:
-    """A saved classifier and its ``config.json``."""
-    from polymodal.core.checkpoint import read_folder_config
-    from polymodal.models.io import load
-
-    cfg = read_folder_config(Path(path), what="classifier", kinds=("classifier",))  # before building any model
-    return load(path), cfg

@@ -32,6 +32,7 @@ from polymodal.core.distributed import broadcast_params
 from polymodal.data.pairs import PairSet
 from polymodal.errors import ConfigError
 from polymodal.losses import ClipLoss
+from polymodal.models.io import load_trainable
 from polymodal.models.protocol import DualEncoder
 from polymodal.train.feature_cache import FeatureCache
 from polymodal.train.global_batch import run_global_epoch
@@ -300,21 +301,3 @@ class DualEncoderTrainer:
             if checkpoint_dir is not None and distributed.rank() == 0:  # one writer under torchrun
                 self.save(checkpoint_dir, self.model.config.to_dict())
         return False
-
-
-def load_trainable(model: Any, weights: dict[str, torch.Tensor], *, source: Path | None) -> None:
-    """Load a trainable-parameter state dict with strict key matching."""
-    from polymodal.errors import CheckpointError
-
-    expected = set(model.trainable_state_dict())  # type: ignore[operator]
-    got = set(weights)
-    if expected != got:
-        where = f"{source}: " if source else ""
-        missing, unknown = sorted(expected - got), sorted(got - expected)
-        raise CheckpointError(f"{where}weights do not match the model: missing {missing[:5]}, unknown {unknown[:5]}")
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for k, v in weights.items():
-            if params[k].shape != v.shape:
-                raise CheckpointError(f"{source}: {k} has shape {tuple(v.shape)}, model expects {tuple(params[k].shape)}")
-            params[k].copy_(v)
