@@ -213,7 +213,7 @@ def test_search_commands_without_faiss_name_the_extra(tmp_path, classifier_dir, 
 def test_caption_without_a_verb_runs_and_equals_caption_run(tmp_path):
     import torch
 
-    from polymodal.caption import Captioner, CaptionConfig, save_captioner
+    from polymodal.caption import CaptionConfig, Captioner, save_captioner
     from polymodal.data.text import WordTokenizer
 
     torch.manual_seed(0)
@@ -247,3 +247,18 @@ def test_an_alias_gives_the_group_verbs_result(tmp_path, capsys):
     alias = json.loads(capsys.readouterr().out)
     assert main(["dual", "zeroshot", *args]) == 0
     assert json.loads(capsys.readouterr().out) == alias and len(alias) == 2
+
+
+def test_index_data_reads_a_folder_as_its_images_and_refuses_a_builtin(tmp_path):
+    from PIL import Image
+
+    from polymodal.cli.search_cmds import _sources
+
+    (tmp_path / "red").mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / "red" / name)
+    by_data, bad = _sources((), str(tmp_path), "index build")
+    by_images, _ = _sources((str(tmp_path),), None, "index build")
+    assert [s.path for s in by_data] == [s.path for s in by_images] and len(by_data) == 2 and bad == []
+    with pytest.raises(ConfigError, match="index build needs image files on disk; builtin:openmoji is image-text"):
+        _sources((), "builtin:openmoji", "index build")
