@@ -262,3 +262,24 @@ def test_index_data_reads_a_folder_as_its_images_and_refuses_a_builtin(tmp_path)
     assert [s.path for s in by_data] == [s.path for s in by_images] and len(by_data) == 2 and bad == []
     with pytest.raises(ConfigError, match="index build needs image files on disk; builtin:openmoji is image-text"):
         _sources((), "builtin:openmoji", "index build")
+
+
+def test_training_shows_progress_on_stderr_and_quiet_silences_it(tmp_path, capsys):
+    from PIL import Image
+
+    rows = ["image,text,split"]
+    for i, (name, colour) in enumerate([("red", (200, 0, 0)), ("blue", (0, 0, 200))] * 2):
+        Image.new("RGB", (16, 16), colour).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,a {name} square,train")
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    argv = ["generate", "train", "--data", str(tmp_path / "pairs.csv"), "--steps", "3", "--batch-size", "2",
+            "--channels", "8"]
+    assert main([*argv, "--out", str(tmp_path / "g1")]) == 0
+    out, err = capsys.readouterr()
+    assert "step 3/3: loss" in err and out.startswith("loss ") and "on 4 images" in out
+    assert main([*argv, "--out", str(tmp_path / "g2"), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and out.startswith("loss ")
+    assert main([*argv, "--out", str(tmp_path / "g3"), "--json"]) == 0  # --json: one document, no progress
+    out, err = capsys.readouterr()
+    assert err == "" and json.loads(out)["pairs"] == 4

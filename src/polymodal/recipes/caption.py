@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from polymodal.data.sources import require_source
-from polymodal.recipes.common import Log, require_model, say
+from polymodal.recipes.common import Log, history_line, require_model, say
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -48,7 +48,7 @@ def train(data: str, out: str, *, epochs: int = 60, dim: int = 192, depth: int =
     cfg = CaptionTrainConfig(epochs=epochs, label_smoothing=label_smoothing, seed=seed,
                              model={"dim": dim, "depth": depth, "image_size": image_size})
     say(log, f"training the captioner: {len(pairs)} pairs, {epochs} epochs")
-    result = train_captioner(grids, pairs.texts, cfg)
+    result = train_captioner(grids, pairs.texts, cfg, on_history=history_line(log, epochs))
     save_captioner(result.model, out, extra={"history": result.history, "data": data})
     return CaptionTrained(Path(out), len(pairs), result.history)
 

@@ -31,6 +31,21 @@ def say(log: Log | None, line: str) -> None:
         log(line)
 
 
+def history_line(log: Log | None, total: int) -> Callable[[dict[str, float]], None] | None:
+    """A trainer's ``on_history`` hook printing one progress line per history entry through ``log``:
+    ``epoch 3/60: loss 2.314, val_acc 0.41 (41 s)`` (``step 150/500`` for step-counted trainers)."""
+    if log is None:
+        return None
+    out = log
+
+    def line(entry: dict[str, float]) -> None:
+        where = " ".join(f"{k} {int(v)}/{total}" for k, v in entry.items() if k in ("epoch", "step"))
+        rest = ", ".join(f"{k} {v:.4g}" for k, v in entry.items() if k not in ("epoch", "step", "seconds"))
+        out(f"{where}: {rest}" + (f" ({entry['seconds']:.0f} s)" if "seconds" in entry else ""))
+
+    return line
+
+
 def require_model(
     path: str | Path, *, command: str, needs: str = "an image-text model", kinds: Collection[str] = IMAGE_TEXT_KINDS
 ) -> dict[str, Any]:

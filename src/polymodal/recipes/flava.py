@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from polymodal.data.sources import require_source
-from polymodal.recipes.common import Log, require_model, say
+from polymodal.recipes.common import Log, history_line, require_model, say
 
 VQA_SIZES = {"train": 4000, "val": 500, "test": 1000}  # the ablation's scenes per split
 
@@ -145,7 +145,8 @@ def vqa(out: str, *, model_dir: str | None = None, data: str = "builtin:shapes-v
     model.head.apply(_reset_parameters)
     say(log, f"fine-tuning for VQA: {sizes['train']} questions, {epochs} epochs")
     fit = finetune_vqa(model, tensors["train"], tensors["val"],
-                       VqaConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed))
+                       VqaConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
+                       on_history=history_line(log, epochs))
     test_acc = evaluate_vqa(model, tensors["test"])
     save_flava(model, out, tokenizer=tokenizer, answers=ANSWERS,
                extra={"data": data, "pretrained": model_dir, "history": fit.history, "best_epoch": fit.best_epoch,

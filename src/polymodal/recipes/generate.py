@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from polymodal.data.sources import require_source
-from polymodal.recipes.common import Log, require_model, say
+from polymodal.recipes.common import Log, history_line, require_model, say
 
 
 @dataclass
@@ -33,7 +33,7 @@ def train(data: str, out: str, *, steps: int = 500, batch_size: int = 48, channe
     cfg = GeneratorTrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, model={"channels": channels})
     say(log, f"training the {'conditional' if conditional else 'unconditional'} generator: {len(pairs)} images, "
              f"{steps} steps")
-    res = train_generator(images, cond, cfg)
+    res = train_generator(images, cond, cfg, on_history=history_line(log, steps))
     save_generator(res.model, out, extra={"history": res.history, "steps": steps, "data": data})
     return GeneratorTrained(Path(out), len(pairs), conditional, res.history)
 
