@@ -133,6 +133,9 @@ def test_train_with_data_it_cannot_use_says_so(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
     assert main(["fuse", "train", "--data", "builtin:openmoji", "--out", str(tmp_path / "f")]) == 2
     assert "fuse train needs a labelled multimodal set; builtin:openmoji is image-text pairs" in capsys.readouterr().err
+    assert main(["fuse", "train", "--data", "builtin:avdigits:train", "--out", str(tmp_path / "f")]) == 2
+    assert capsys.readouterr().err == ("error: fuse train reads the train and val splits; give builtin:avdigits, "
+                                       "not builtin:avdigits:train\n")
 
 
 def test_one_grammar_for_every_builtin_and_path(tmp_path):

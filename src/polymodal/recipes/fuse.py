@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from polymodal.data.sources import require_source
+from polymodal.errors import ConfigError
 from polymodal.recipes.common import Log, require_model, say
 
 if TYPE_CHECKING:
@@ -15,9 +16,15 @@ CLASSIFIER_DATA = ("avdigits", "shapes-vqa")  # the builtins classifier_fit.load
 NEEDS = "a labelled multimodal set"
 
 
-def _check_data(data: str | None, command: str) -> None:
-    if data is not None:
-        require_source(data, command=command, needs=NEEDS, builtins=CLASSIFIER_DATA)
+def _check_data(data: str | None, command: str) -> str | None:
+    """``data`` as the classifier loader names it (``builtin:NAME``), or one line saying why it cannot be used."""
+    if data is None:
+        return None
+    spec = require_source(data, command=command, needs=NEEDS, builtins=CLASSIFIER_DATA)
+    if spec.split is not None:
+        how = "reads the train and val splits" if command == "fuse train" else "scores the split --split names"
+        raise ConfigError(f"{command} {how}; give builtin:{spec.name}, not {data}")
+    return f"builtin:{spec.name}"
 
 
 def train(data: str, out: str, *, fusion: str = "tensor", preset: str | None = None, epochs: int | None = None,
@@ -27,7 +34,7 @@ def train(data: str, out: str, *, fusion: str = "tensor", preset: str | None = N
     epoch with the best validation score is kept. ``log`` gets one line per epoch."""
     from polymodal.train.classifier_fit import train_run
 
-    _check_data(data, "fuse train")
+    data = _check_data(data, "fuse train") or data
     say(log, f"training a {preset or fusion} classifier on {data}")
     return train_run(data, out, fusion=fusion, preset=preset, epochs=epochs, seed=seed, device=device,
                      modality_dropout=modality_dropout, dropout_scheme=dropout_scheme,
@@ -39,7 +46,7 @@ def evaluate(model_dir: str, *, data: str | None = None, split: str = "test") ->
     from polymodal.eval.robustness import evaluate_run
 
     require_model(model_dir, command="fuse eval", needs="a classifier", kinds=("classifier",))
-    _check_data(data, "fuse eval")
+    data = _check_data(data, "fuse eval")
     return evaluate_run(model_dir, data=data, split=split)
 
 
@@ -51,7 +58,7 @@ def robustness(model_dirs: list[str], out: str, *, data: str | None = None, spli
 
     for m in [*model_dirs, *([baseline] if baseline else [])]:
         require_model(m, command="robustness", needs="a classifier", kinds=("classifier",))
-    _check_data(data, "robustness")
+    data = _check_data(data, "robustness")
     say(log, f"evaluating {len(model_dirs)} classifier(s) under missing and degraded modalities "
              "(a few minutes on a CPU)")
     return {k: Path(v) for k, v in robustness_run(list(model_dirs), out, data=data, split=split,
