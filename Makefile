@@ -16,8 +16,12 @@ $(VENV)/.torch: | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	@touch $@
 
+# Everything the README's commands need: the package, the search index and server (faiss, fastapi,
+# uvicorn) and Parquet manifests (pyarrow).
+USER_EXTRAS ?= search,parquet
+
 $(VENV)/.core: pyproject.toml $(VENV)/.torch
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[$(USER_EXTRAS)]'
 	@touch $@
 
 $(VENV)/.dev: pyproject.toml $(VENV)/.torch

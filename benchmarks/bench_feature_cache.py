@@ -22,11 +22,11 @@ from dataclasses import replace
 
 import torch
 
-from polymodal.cli.presets import DEMO_MODEL, DEMO_TRAIN
 from polymodal.data.augment import augmented_view
 from polymodal.data.pairs import load_pairs
 from polymodal.losses import ClipLoss
 from polymodal.models.aligner import Aligner, AlignerConfig
+from polymodal.recipes.presets import DEMO_MODEL, DEMO_TRAIN
 from polymodal.train.feature_cache import FeatureCache
 from polymodal.train.trunk_features import collate_text_trunks, image_trunk_features, text_trunk_features
 

@@ -95,10 +95,10 @@ def shard_rate(shards: Path, labels: dict[str, int], workers: int, batch_size: i
 
 def consumer_rate(manifest: Path, batch: int, steps: int) -> dict[str, object]:
     """Samples/s of the aligner's cached-feature training step (see the module docstring)."""
-    from polymodal.cli.presets import DEMO_MODEL, DEMO_TRAIN
     from polymodal.data.sources import open_source
     from polymodal.losses import ClipLoss
     from polymodal.models.aligner import Aligner
+    from polymodal.recipes.presets import DEMO_MODEL, DEMO_TRAIN
     from polymodal.train.trunk_features import collate_text_trunks
 
     torch.manual_seed(0)

@@ -13,11 +13,11 @@ import sys
 import time
 from dataclasses import replace
 
-from polymodal.cli.presets import DEMO_MODEL, DEMO_TRAIN
 from polymodal.data.pairs import load_pairs
 from polymodal.eval.aligner_eval import evaluate_aligner
 from polymodal.models.aligner import Aligner
 from polymodal.models.support import SupportConfig
+from polymodal.recipes.presets import DEMO_MODEL, DEMO_TRAIN
 from polymodal.train.feature_cache import FeatureCache, default_cache_dir
 from polymodal.train.fit import DualEncoderTrainer, seed_everything
 from polymodal.train.trunk_features import build_support_set

@@ -18,12 +18,12 @@ from dataclasses import replace
 
 import torch
 
-from polymodal.cli.presets import DEMO_MODEL, DEMO_TRAIN
 from polymodal.data.pairs import concat_pairs, load_pairs
 from polymodal.eval.aligner_eval import evaluate_aligner
 from polymodal.models.aligner import Aligner
 from polymodal.models.prompts import EMOJI_TEMPLATES, PHOTO_TEMPLATES
 from polymodal.models.transfer import TransferConfig
+from polymodal.recipes.presets import DEMO_MODEL, DEMO_TRAIN
 from polymodal.train.feature_cache import FeatureCache, default_cache_dir
 from polymodal.train.fit import DualEncoderTrainer, seed_everything
 from polymodal.train.trunk_features import attach_transfer

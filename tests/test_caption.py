@@ -180,7 +180,7 @@ def test_cli_captions_an_image_file(tmp_path) -> None:  # type: ignore[no-untype
 
     from PIL import Image
 
-    from polymodal.cli.v2l_cmds import caption
+    from polymodal.cli.caption_cmds import caption
 
     torch.manual_seed(0)
     tok = WordTokenizer.build(CAPTIONS)
@@ -191,6 +191,6 @@ def test_cli_captions_an_image_file(tmp_path) -> None:  # type: ignore[no-untype
 
     res = CliRunner().invoke(caption, ["--model", str(tmp_path / "m"), "--json", str(tmp_path / "a.png")])
     assert res.exit_code == 0, res.output
-    row = json.loads(res.output.strip().splitlines()[-1])
+    [row] = json.loads(res.output)  # --json: one document, a list with a row per image
     assert row["image"].endswith("a.png") and isinstance(row["caption"], str)
     assert CliRunner().invoke(caption, []).exit_code != 0  # no model: a usage error

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from polymodal.caption.model import Captioner
 from polymodal.errors import ConfigError
+
+if TYPE_CHECKING:  # (the model imports this module for its own caption method)
+    from polymodal.caption.model import Captioner
 
 __all__ = ["Decoded", "beam_search", "greedy_decode", "length_penalty", "sample_decode"]
 

@@ -10,7 +10,7 @@ becoming over-confident on a small caption set. Padding is ignored.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,13 +90,20 @@ class CaptionTrainResult:
     history: list[dict[str, float]]
 
 
-def train_captioner(grids: Tensor, captions: Sequence[str], config: CaptionTrainConfig) -> CaptionTrainResult:
+def train_captioner(
+    grids: Tensor,
+    captions: Sequence[str],
+    config: CaptionTrainConfig,
+    *,
+    on_history: Callable[[dict[str, float]], None] | None = None,
+) -> CaptionTrainResult:
     """Fit a captioner on cached grids.
 
     Args:
         grids: ``(N, C, h, w)`` from :func:`extract_grids`.
         captions: N captions.
         config: Settings.
+        on_history: called with each epoch's history entry as it is recorded (progress).
     """
     if grids.dim() != 4 or grids.shape[0] != len(captions):
         raise ShapeError(f"grids {tuple(grids.shape)} and {len(captions)} captions do not pair up")
@@ -132,4 +139,6 @@ def train_captioner(grids: Tensor, captions: Sequence[str], config: CaptionTrain
             total += loss.item() * len(idx)
             count += len(idx)
         history.append({"epoch": epoch + 1, "loss": total / count, "seconds": time.perf_counter() - start})
+        if on_history is not None:
+            on_history(history[-1])
     return CaptionTrainResult(model=model.eval(), history=history)

@@ -1,7 +1,13 @@
-"""The ``polymodal`` command. Each subcommand lives in its own module and only parses and prints."""
+"""The ``polymodal`` command: noun groups with the same verbs, and the older top-level names as aliases.
+
+Each group lives in its own module, which only parses, calls one recipe function (``polymodal.recipes``) and
+prints; every heavy import (torch, the models) happens inside the command that runs, so ``polymodal --help``
+and every ``--help`` answer without importing torch (tests/test_cli.py checks it).
+"""
 
 from __future__ import annotations
 
+import copy
 import importlib
 import sys
 
@@ -13,17 +19,36 @@ from polymodal.errors import PolymodalError
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="polymodal")
 def cli() -> None:
-    """polymodal: multimodal machine learning, offline-first."""
+    """polymodal: multimodal machine learning, offline-first.
+
+    Every command: polymodal GROUP VERB --help. Shared options mean one thing everywhere: --data SOURCE,
+    --model DIR, --out PATH (what is written), --json, --seed, --split, --quiet.
+    """
 
 
-# Each module holds one command group and exports COMMANDS; a new group adds its module name here.
-COMMAND_MODULES = ("aligner_cmds", "search_cmds", "data_cmds", "v2l_cmds", "fuse_cmds")
+# Each module exports COMMANDS (its groups and top-level commands) and may export ALIASES
+# (top-level name -> (group, verb command)); a new group adds its module name here.
+COMMAND_MODULES = ("dual_cmds", "fuse_cmds", "caption_cmds", "generate_cmds", "flava_cmds", "data_cmds",
+                   "search_cmds")
+
+
+def alias(name: str, group: click.Group, command: click.Command) -> click.Command:
+    """``command`` under a top-level ``name`` too: the same parameters and callback, its help saying whose alias."""
+    target = f"polymodal {group.name} {command.name}"
+    a = copy.copy(command)
+    a.name = name
+    a.short_help = f"Alias of `{target}`."
+    a.help = f"Alias of `{target}`.\n\n{command.help or ''}"
+    return a
 
 
 def _register() -> None:
-    for name in COMMAND_MODULES:
-        for cmd in importlib.import_module(f"polymodal.cli.{name}").COMMANDS:
+    for module_name in COMMAND_MODULES:
+        module = importlib.import_module(f"polymodal.cli.{module_name}")
+        for cmd in module.COMMANDS:
             cli.add_command(cmd)
+        for name, (group, command) in getattr(module, "ALIASES", {}).items():
+            cli.add_command(alias(name, group, command))
 
 
 _register()

@@ -9,9 +9,30 @@ from pathlib import Path
 
 import click
 
+from polymodal.cli.options import data_option, json_option, model_option, out_option, quiet_option, stderr_log
 
-def _say(quiet: bool):
-    return None if quiet else (lambda msg: click.echo(msg, err=True))
+SEARCH_EXTRA = "pip install 'polymodal[search]' (`make setup` installs it)"
+
+
+def _require_search_extra(command: str, modules: tuple[str, ...] = ("faiss",)) -> None:
+    """One line naming the extra to install when the search dependencies are missing, not an ImportError."""
+    import importlib
+
+    from polymodal.errors import ConfigError
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            package = {"faiss": "faiss-cpu"}.get(name, name)
+            raise ConfigError(f"{command} needs {package}, which is not installed: {SEARCH_EXTRA}") from None
+
+
+def _require_model(model_dir: str | None, command: str) -> None:
+    if model_dir is not None:
+        from polymodal.recipes.common import require_model
+
+        require_model(model_dir, command=command)
 
 
 def _labels(labels: str | None, labels_file: str | None) -> list[str] | None:
@@ -24,18 +45,26 @@ def _labels(labels: str | None, labels_file: str | None) -> list[str] | None:
     return None
 
 
-def _sources(images: tuple[str, ...], data: str | None):
+def _sources(images: tuple[str, ...], data: str | None, command: str):
+    from polymodal.data.sources import require_source
     from polymodal.search.ingest import sources_from_images, sources_from_manifest
 
     if bool(images) == bool(data):
         raise click.UsageError("give exactly one of --images or --data")
     if data:
+        spec = require_source(data, command=command, needs="image files on disk", kinds=("manifest", "folder"),
+                              builtins=())
+        if spec.kind == "folder":
+            return sources_from_images([data]), []
         return sources_from_manifest(data)
     return sources_from_images(list(images)), []
 
 
 def _update(index_dir, model_dir, images, data, *, sync, labels, labels_file, batch_size, strict, exact_max,
             hnsw_max, as_json, quiet) -> None:
+    command = "index build" if sync else "index add"
+    _require_search_extra(command)
+    _require_model(model_dir, command)
     from polymodal.models.io import load
     from polymodal.search.ann import AnnConfig
     from polymodal.search.index import SearchIndex
@@ -46,7 +75,7 @@ def _update(index_dir, model_dir, images, data, *, sync, labels, labels_file, ba
             model_dir = idx.info.model_dir
         if model_dir is None or not Path(model_dir).is_dir():
             raise click.UsageError(f"the index's recorded model folder ({model_dir}) is not there; pass --model DIR")
-    sources, bad_rows = _sources(images, data)
+    sources, bad_rows = _sources(images, data, command)
     ann_cfg = None
     if exact_max is not None or hnsw_max is not None:
         base = AnnConfig()
@@ -55,7 +84,7 @@ def _update(index_dir, model_dir, images, data, *, sync, labels, labels_file, ba
     report = update_index(
         load(model_dir), index_dir, sources, sync=sync, labels=_labels(labels, labels_file),
         config=BuildConfig(batch_size=batch_size, strict=strict), ann_config=ann_cfg, model_dir=model_dir,
-        progress=_say(quiet or as_json),
+        progress=stderr_log(quiet, as_json),
     )
     report.bad = bad_rows + report.bad
     if as_json:
@@ -70,15 +99,15 @@ def _update(index_dir, model_dir, images, data, *, sync, labels, labels_file, ba
 
 _build_options = [
     click.option("--images", multiple=True, type=click.Path(), help="image files or folders (repeat)"),
-    click.option("--data", type=click.Path(), help="a .csv/.jsonl/.parquet manifest (image, text, label columns)"),
+    data_option("images with captions and labels: a manifest (image, text, label columns) or a folder"),
     click.option("--labels", default=None, help='default zero-shot labels, comma-separated ("cat,dog")'),
     click.option("--labels-file", type=click.Path(exists=True, dir_okay=False), help="default labels, one per line"),
     click.option("--batch-size", default=32, show_default=True, help="images per forward pass and per saved batch"),
     click.option("--strict", is_flag=True, help="stop at the first unreadable image instead of skipping it"),
     click.option("--exact-max", type=int, default=None, help="use exact search below this many items [50000]"),
     click.option("--hnsw-max", type=int, default=None, help="use HNSW below this many items, IVF above [300000]"),
-    click.option("--json", "as_json", is_flag=True, help="print the build report as JSON"),
-    click.option("--quiet", is_flag=True, help="no progress lines"),
+    json_option,
+    quiet_option,
 ]
 
 
@@ -94,24 +123,23 @@ def index_group() -> None:
 
 
 @index_group.command("build")
-@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False), help="model folder")
-@click.option("--out", "index_dir", required=True, type=click.Path(), help="index folder (created or updated)")
+@model_option("image-text model folder")
+@out_option("index folder (created or updated)")
 @_with_build_options
-def index_build(model_dir, index_dir, images, data, labels, labels_file, batch_size, strict, exact_max, hnsw_max,
+def index_build(model_dir, out, images, data, labels, labels_file, batch_size, strict, exact_max, hnsw_max,
                 as_json, quiet):
     """Make INDEX hold exactly these images: new and changed files are embedded, missing ones removed.
 
     Rerunning is cheap: unchanged files are skipped and vectors already computed (also by an interrupted
     build) are reused by content hash.
     """
-    _update(index_dir, model_dir, images, data, sync=True, labels=labels, labels_file=labels_file,
+    _update(out, model_dir, images, data, sync=True, labels=labels, labels_file=labels_file,
             batch_size=batch_size, strict=strict, exact_max=exact_max, hnsw_max=hnsw_max, as_json=as_json, quiet=quiet)
 
 
 @index_group.command("add")
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--model", "model_dir", default=None, type=click.Path(exists=True, file_okay=False),
-              help="model folder (default: the one that built the index)")
+@model_option("image-text model folder (default: the one that built the index)", required=False)
 @_with_build_options
 def index_add(index_dir, model_dir, images, data, labels, labels_file, batch_size, strict, exact_max, hnsw_max,
               as_json, quiet):
@@ -124,9 +152,10 @@ def index_add(index_dir, model_dir, images, data, labels, labels_file, batch_siz
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("paths", nargs=-1, type=click.Path())
 @click.option("--id", "ids", multiple=True, type=int, help="item id to remove (repeat)")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def index_remove(index_dir, paths, ids, as_json):
     """Remove items from INDEX by id or by path (a folder removes everything under it)."""
+    _require_search_extra("index remove")
     from polymodal.search.ingest import remove_items
 
     if not paths and not ids:
@@ -139,6 +168,7 @@ def index_remove(index_dir, paths, ids, as_json):
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
 def index_compact(index_dir):
     """Drop removed items and unused vectors, and rebuild the vector index (re-measuring its recall)."""
+    _require_search_extra("index compact")
     from polymodal.search.ingest import compact_index
 
     click.echo(compact_index(index_dir).summary())
@@ -152,6 +182,7 @@ def index_repair(index_dir):
     Rebuilds the vector index from the items and vectors the database still holds (an unreadable database
     is moved aside). Items the database lost must be added again; a consistent index is left as it is.
     """
+    _require_search_extra("index repair")
     from polymodal.search.ingest import repair_index
 
     report = repair_index(index_dir)
@@ -162,9 +193,10 @@ def index_repair(index_dir):
 
 @index_group.command("info")
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def index_info(index_dir, as_json):
     """Show the committed generation: items, model id, vector index kind and its measured recall@10."""
+    _require_search_extra("index info")
     from polymodal.search.index import SearchIndex
 
     with SearchIndex.open(index_dir) as idx:
@@ -193,11 +225,16 @@ def index_info(index_dir, as_json):
 @click.option("-k", "--k", "k", default=10, show_default=True, help="number of results")
 @click.option("--label", default=None, help="only items with this label")
 @click.option("--path-prefix", default=None, help="only items whose path starts with this (made absolute)")
-@click.option("--model", "model_dir", default=None, type=click.Path(exists=True, file_okay=False),
-              help="model folder (default: the one that built the index; another model is refused)")
-@click.option("--json", "as_json", is_flag=True, help="a JSON list of hits, best first")
+@model_option("image-text model folder (default: the one that built the index; another model is refused)",
+              required=False)
+@json_option
 def search(index_dir, query, image, texts, k, label, path_prefix, model_dir, as_json):
-    """Search INDEX: by text (QUERY), by image (--image), or rank texts for an image (--image --texts)."""
+    """Search INDEX: by text (QUERY), by image (--image), or rank texts for an image (--image --texts).
+
+    With --json: a JSON list of hits, best first.
+    """
+    _require_search_extra("search")
+    _require_model(model_dir, "search")
     from polymodal.search.index import ItemFilter
     from polymodal.search.query import Searcher
 
@@ -234,14 +271,15 @@ def search(index_dir, query, image, texts, k, label, path_prefix, model_dir, as_
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to bind (loopback by default)")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--model", "model_dir", default=None, type=click.Path(exists=True, file_okay=False),
-              help="model folder (default: the one that built the index)")
+@model_option("image-text model folder (default: the one that built the index)", required=False)
 @click.option("--max-upload-mb", default=10.0, show_default=True, help="largest accepted upload")
 @click.option("--max-pixels", default=40_000_000, show_default=True, help="largest accepted upload width*height")
 @click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
               help="also answer requests whose Host is NAME (repeat); by default only the bound address's names")
 def serve(index_dir, host, port, model_dir, max_upload_mb, max_pixels, allow_hosts):
     """Serve INDEX over HTTP: a web page at / and a JSON API (spec at /openapi.json)."""
+    _require_search_extra("serve", ("faiss", "fastapi", "uvicorn"))
+    _require_model(model_dir, "serve")
     from polymodal.search.query import Searcher
     from polymodal.search.server import ServerConfig, hosts_for_bind, serve_searcher
     from polymodal.search.uploads import UploadLimits

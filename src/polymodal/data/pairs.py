@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMN = "split"  # a manifest column that chooses each row's split
-PAIR_BUILTINS = ("builtin:openmoji", "builtin:twemoji", "builtin:noto", "builtin:photos")
 
 
 @dataclass
@@ -207,16 +206,27 @@ def _manifest(path: Path, split: str | None, *, strict: bool, max_pixels: int) -
 
 
 def load_pairs(source: str, split: str | None = None, *, strict: bool = False, max_pixels: int = 64_000_000) -> PairSet:
-    """Load the pairs of one split (``train``/``val``/``test``, or ``None`` for all)."""
+    """Load the pairs of one split (``train``/``val``/``test``, or ``None`` for all).
+
+    ``source`` is read by the one data grammar (:func:`polymodal.data.sources.parse_source`); a source that
+    holds no image-text pairs (``builtin:fsdd``, a folder) is refused with a line saying what it is.
+    """
+    from polymodal.data.sources import require_source
+
     if split is not None and split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if source in ("builtin:openmoji", "builtin:twemoji", "builtin:noto"):
-        return _openmoji(split, source.removeprefix("builtin:"))
-    if source == "builtin:photos":
+    spec = require_source(source, command="the pair loader", needs="image-text pairs",
+                          kinds=("manifest",))
+    if spec.split is not None:  # builtin:NAME:SPLIT
+        if split is not None and split != spec.split:
+            raise ConfigError(f"{source} is the {spec.split} split; the {split} split was asked for "
+                              f"(give {source.rpartition(':')[0]})")
+        split = spec.split
+    if spec.name in ("openmoji", "twemoji", "noto"):
+        return _openmoji(split, spec.name)
+    if spec.name == "photos":
         return _photos(split)
-    if source.startswith("builtin:"):
-        raise ConfigError(f"unknown built-in dataset {source!r}; available: {', '.join(PAIR_BUILTINS)}")
-    path = Path(source)
-    if not path.exists():
-        raise DataError(path, "no such manifest file")
-    return _manifest(path, split, strict=strict, max_pixels=max_pixels)
+    assert spec.path is not None
+    if not spec.path.exists():
+        raise DataError(spec.path, "no such manifest file")
+    return _manifest(spec.path, split, strict=strict, max_pixels=max_pixels)

@@ -13,6 +13,12 @@
   ``.tar`` file, a brace pattern (``shards/shard-{000000..000009}.tar``) or a glob.
 - ``builtin:NAME`` or ``builtin:NAME:SPLIT`` for the vendored datasets (:data:`BUILTINS`).
 
+This is the one grammar of every ``--data`` in the command line: :func:`parse_source` reads a spec into a
+:class:`SourceSpec` (which kind, which path or builtin, what it holds) without reading any data, and
+:func:`require_source` turns "this command cannot use that data" into one clear line
+("train needs image-text pairs; builtin:fsdd is audio with labels"). :func:`open_source` and the
+loaders of pairs (:func:`polymodal.data.pairs.load_pairs`) go through it.
+
 Iterating a source yields good records one at a time and lists the skipped ones in ``source.bad``
 (a :class:`~polymodal.data.record.BadRecord` naming the file and the problem), so one broken file in
 a large folder costs a line in a report, not a crash; ``strict=True`` raises at the first instead.
@@ -22,9 +28,10 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from polymodal.data.decode import FILE_MODALITIES, decode, modality_of
 from polymodal.data.record import MODALITIES, BadRecord, Record
@@ -37,15 +44,47 @@ MANIFEST_SUFFIXES: tuple[str, ...] = (".csv", ".jsonl", ".parquet")
 KEY_COLUMN = "id"
 LABEL_COLUMN = "label"
 
-# Builtin datasets: name -> (module, loader function, whether the loader needs a split, keyword arguments).
-# Resolved on use, so a dataset whose module (or optional dependency) is missing fails only when asked for.
-BUILTINS: dict[str, tuple[str, str, bool, dict[str, Any]]] = {
-    "openmoji": ("polymodal.data.openmoji", "load_openmoji", False, {}),
-    "fsdd": ("polymodal.data.fsdd", "load_fsdd", False, {}),
-    "avdigits": ("polymodal.data.avdigits", "load_avdigits", True, {}),
-    "shapes": ("polymodal.data.shapes", "load_shapes", True, {"kind": "scenes"}),
-    "shapes-vqa": ("polymodal.data.shapes", "load_shapes", True, {"kind": "vqa"}),
-    "shapes-clips": ("polymodal.data.shapes", "load_shapes", True, {"kind": "clips"}),
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """A vendored or generated dataset, resolved on use (its module, or an optional dependency of it, may be
+    missing: it fails only when asked for).
+
+    Attributes:
+        module: the module of its loader.
+        function: the loader, called as ``function(split=SPLIT, **kwargs)``.
+        needs_split: the loader needs a split (all splits are read in order when the spec names none).
+        holds: what its records are, for messages ("image-text pairs", "audio with labels").
+        pairs: its records are image-text pairs (what the dual encoders train and evaluate on).
+        kwargs: more keyword arguments of the loader.
+    """
+
+    module: str
+    function: str
+    needs_split: bool
+    holds: str
+    pairs: bool = False
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+BUILTINS: dict[str, Builtin] = {
+    "openmoji": Builtin("polymodal.data.openmoji", "load_openmoji", False,
+                        "image-text pairs (OpenMoji emoji with groups)", pairs=True),
+    "twemoji": Builtin("polymodal.data.emoji_styles", "load_emoji_style", False,
+                       "image-text pairs (OpenMoji's emoji drawn by Twemoji)", pairs=True, kwargs={"style": "twemoji"}),
+    "noto": Builtin("polymodal.data.emoji_styles", "load_emoji_style", False,
+                    "image-text pairs (OpenMoji's emoji drawn by Noto)", pairs=True, kwargs={"style": "noto"}),
+    "photos": Builtin("polymodal.data.photos", "load_photos", False,
+                      "image-text pairs (photographs with everyday labels; val and test only)", pairs=True),
+    "fsdd": Builtin("polymodal.data.fsdd", "load_fsdd", False, "audio with labels (spoken digits)"),
+    "avdigits": Builtin("polymodal.data.avdigits", "load_avdigits", True, "images and audio with labels (digits)"),
+    "shapes": Builtin("polymodal.data.shapes", "load_shapes", True, "generated scenes: image, caption and sound",
+                      kwargs={"kind": "scenes"}),
+    "shapes-vqa": Builtin("polymodal.data.shapes", "load_shapes", True,
+                          "generated scenes with questions and answers (VQA)", kwargs={"kind": "vqa"}),
+    "shapes-clips": Builtin("polymodal.data.shapes", "load_shapes", True,
+                            "generated video clips with sound, captions and directions", kwargs={"kind": "clips"}),
 }
 BUILTIN_SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -127,26 +166,115 @@ def open_source(
         DataError: the path does not exist or is not a known kind of source.
         ConfigError: an unknown builtin name or split.
     """
-    text = str(spec)
+    parsed = parse_source(spec)
     kw: dict[str, Any] = {"decode": decode, "check": check, "strict": strict}
+    cls = {"builtin": BuiltinSource, "shards": ShardSource, "folder": FolderSource, "manifest": ManifestSource}
+    return cls[parsed.kind](parsed.text, **kw)  # type: ignore[abstract]
+
+
+SourceKind = Literal["builtin", "manifest", "folder", "shards"]
+SOURCE_GRAMMAR = "a .csv/.jsonl/.parquet manifest, a label/file.ext folder, tar shards, or builtin:NAME[:SPLIT]"
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A ``--data`` spec read by :func:`parse_source`: what kind of source it names, nothing read yet.
+
+    Attributes:
+        text: the spec as given.
+        kind: ``"builtin"``, ``"manifest"``, ``"folder"`` or ``"shards"``.
+        path: the manifest, folder or shard spec (``None`` for a builtin).
+        name: the builtin's name (``None`` otherwise).
+        split: the builtin's split (``builtin:NAME:SPLIT``), else ``None``.
+    """
+
+    text: str
+    kind: SourceKind
+    path: Path | None = None
+    name: str | None = None
+    split: str | None = None
+
+    @property
+    def builtin(self) -> Builtin | None:
+        return None if self.name is None else BUILTINS[self.name]
+
+    @property
+    def pairs(self) -> bool:
+        """Whether it can hold image-text pairs: a manifest (image and text columns) or a pair builtin."""
+        return self.kind == "manifest" or (self.builtin is not None and self.builtin.pairs)
+
+    def describe(self) -> str:
+        """What the spec names, for messages: "builtin:fsdd is audio with labels"."""
+        if self.builtin is not None:
+            return f"{self.text} is {self.builtin.holds}"
+        what = {"manifest": "a manifest", "folder": "a label/file.ext folder", "shards": "tar shards"}[self.kind]
+        return f"{self.text} is {what}"
+
+
+def parse_source(spec: str | Path) -> SourceSpec:
+    """Read a data spec (the module docstring's grammar) without reading any data.
+
+    Raises:
+        DataError: a path that does not exist or is no known kind of source.
+        ConfigError: a malformed ``builtin:`` spec, an unknown builtin name or split.
+    """
+    text = str(spec)
     if text.startswith("builtin:"):
-        return BuiltinSource(text, **kw)
+        parts = text.split(":")
+        if len(parts) not in (2, 3) or not parts[1]:
+            raise ConfigError(f"builtin source must be builtin:NAME or builtin:NAME:SPLIT, got {text!r}")
+        if parts[1] not in BUILTINS:
+            raise ConfigError(f"unknown builtin dataset {parts[1]!r}; known: {', '.join(BUILTINS)}")
+        split = parts[2] if len(parts) == 3 else None
+        if split is not None and split not in BUILTIN_SPLITS:
+            raise ConfigError(f"unknown split {split!r} in {text!r}; use one of {', '.join(BUILTIN_SPLITS)}")
+        return SourceSpec(text, "builtin", name=parts[1], split=split)
     if any(c in text for c in "{*?["):
-        return ShardSource(text, **kw)
+        return SourceSpec(text, "shards", path=Path(text))
     path = Path(text)
     if path.is_dir():
         if any(p.suffix == ".tar" for p in path.iterdir() if p.is_file()):
-            return ShardSource(text, **kw)
-        return FolderSource(text, **kw)
+            return SourceSpec(text, "shards", path=path)
+        return SourceSpec(text, "folder", path=path)
     if path.suffix.lower() == ".tar":
-        return ShardSource(text, **kw)
+        return SourceSpec(text, "shards", path=path)
     if path.suffix.lower() in MANIFEST_SUFFIXES:
-        return ManifestSource(text, **kw)
+        return SourceSpec(text, "manifest", path=path)
     if not path.exists():
         raise DataError(text, "no such file or folder")
-    raise DataError(
-        text, "not a known source: expected a .csv/.jsonl/.parquet manifest, a folder, .tar shards or builtin:NAME"
-    )
+    raise DataError(text, f"not a known source: expected {SOURCE_GRAMMAR}")
+
+
+def require_source(
+    spec: str | Path | SourceSpec,
+    *,
+    command: str,
+    needs: str,
+    kinds: Collection[str] = (),
+    builtins: Collection[str] | None = None,
+) -> SourceSpec:
+    """``spec`` parsed, or one clear line saying why ``command`` cannot use it.
+
+    Args:
+        command: the command, for the message ("train", "index build").
+        needs: what it needs ("image-text pairs").
+        kinds: the path kinds it reads (``"manifest"``, ``"folder"``, ``"shards"``).
+        builtins: the builtin names it reads (``None``: those holding image-text pairs).
+
+    Raises:
+        ConfigError: "train needs image-text pairs; builtin:fsdd is audio with labels (give ...)".
+    """
+    parsed = spec if isinstance(spec, SourceSpec) else parse_source(spec)
+    names = [n for n, b in BUILTINS.items() if b.pairs] if builtins is None else list(builtins)
+    if parsed.kind == "builtin" and parsed.name in names or parsed.kind != "builtin" and parsed.kind in kinds:
+        return parsed
+    accepted = [{"manifest": "a .csv/.jsonl/.parquet manifest", "folder": "a folder of files",
+                 "shards": "tar shards"}[k] for k in kinds] + [f"builtin:{n}" for n in names]
+    raise ConfigError(f"{command} needs {needs}; {parsed.describe()} (give {_either(accepted)})")
+
+
+def _either(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -341,31 +469,26 @@ class BuiltinSource(Source):
 
     def __init__(self, spec: str, **kw: Any) -> None:
         super().__init__(spec, **kw)
-        parts = spec.split(":")
-        if len(parts) not in (2, 3) or parts[0] != "builtin":
+        parsed = parse_source(spec)
+        if parsed.kind != "builtin" or parsed.name is None:
             raise ConfigError(f"builtin source must be builtin:NAME or builtin:NAME:SPLIT, got {spec!r}")
-        self.name = parts[1]
-        self.split = parts[2] if len(parts) == 3 else None
-        if self.name not in BUILTINS:
-            raise ConfigError(f"unknown builtin dataset {self.name!r}; known: {', '.join(BUILTINS)}")
-        if self.split is not None and self.split not in BUILTIN_SPLITS:
-            raise ConfigError(f"unknown split {self.split!r} in {spec!r}; use one of {', '.join(BUILTIN_SPLITS)}")
+        self.name = parsed.name
+        self.split = parsed.split
 
     def _loader(self) -> Callable[..., list[Record]]:
         import importlib
 
-        module, function, _, _ = BUILTINS[self.name]
+        info = BUILTINS[self.name]
         try:
-            return getattr(importlib.import_module(module), function)  # type: ignore[no-any-return]
+            return getattr(importlib.import_module(info.module), info.function)  # type: ignore[no-any-return]
         except (ImportError, AttributeError) as e:
             raise ConfigError(f"builtin dataset {self.name!r} is not available here ({e})") from None
 
     def _items(self) -> Iterator[Record | BadRecord]:
         load = self._loader()
-        _, _, needs_split, kwargs = BUILTINS[self.name]
-        if self.split is not None or not needs_split:
-            yield from load(self.split, **kwargs)
+        info = BUILTINS[self.name]
+        if self.split is not None or not info.needs_split:
+            yield from load(split=self.split, **info.kwargs)
         else:
             for split in BUILTIN_SPLITS:
-                yield from load(split, **kwargs)
-
+                yield from load(split=split, **info.kwargs)

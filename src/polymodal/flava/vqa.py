@@ -11,7 +11,7 @@ accuracy: model selection on the validation split only.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -134,7 +134,14 @@ def evaluate_vqa(model: FlavaForVqa, data: VqaTensors, *, batch_size: int = 256)
     return correct / len(data)
 
 
-def finetune_vqa(model: FlavaForVqa, train: VqaTensors, val: VqaTensors, config: VqaConfig) -> VqaResult:
+def finetune_vqa(
+    model: FlavaForVqa,
+    train: VqaTensors,
+    val: VqaTensors,
+    config: VqaConfig,
+    *,
+    on_history: Callable[[dict[str, float]], None] | None = None,
+) -> VqaResult:
     """Train the whole model and head with cross-entropy; keep the best-validation epoch's weights.
 
     Args:
@@ -142,6 +149,7 @@ def finetune_vqa(model: FlavaForVqa, train: VqaTensors, val: VqaTensors, config:
         train: training split.
         val: validation split (model selection only).
         config: the recipe.
+        on_history: called with each epoch's history entry as it is recorded (progress).
     """
     if train.answers.numel() and int(train.answers.max()) >= model.num_answers:
         raise ShapeError(
@@ -181,6 +189,8 @@ def finetune_vqa(model: FlavaForVqa, train: VqaTensors, val: VqaTensors, config:
                 "seconds": time.perf_counter() - start,
             }
         )
+        if on_history is not None:
+            on_history(result.history[-1])
         if val_acc > result.best_val_acc or best_state is None:
             result.best_epoch, result.best_val_acc = epoch, val_acc
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -12,11 +12,15 @@ so ``w = 1`` is the plain conditional model and ``w > 1`` pushes samples further
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
 from polymodal.errors import ConfigError, ShapeError
-from polymodal.generate.model import FlowUNet
+
+if TYPE_CHECKING:  # (the model imports this module for its own generate method)
+    from polymodal.generate.model import FlowUNet
 
 __all__ = ["flow_matching_loss", "sample_images"]
 

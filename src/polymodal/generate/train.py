@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,13 +62,20 @@ class GeneratorTrainResult:
     history: list[dict[str, float]]
 
 
-def train_generator(images: Tensor, cond: Tensor | None, config: GeneratorTrainConfig) -> GeneratorTrainResult:
+def train_generator(
+    images: Tensor,
+    cond: Tensor | None,
+    config: GeneratorTrainConfig,
+    *,
+    on_history: Callable[[dict[str, float]], None] | None = None,
+) -> GeneratorTrainResult:
     """Fit a :class:`FlowUNet` by conditional flow matching.
 
     Args:
         images: ``(N, 3, S, S)`` in [-1, 1] (:func:`from_pil`).
         cond: ``(N, cond_dim)`` text embeddings, or ``None`` for an unconditional model.
         config: Settings.
+        on_history: called with each history entry as it is recorded (progress).
     """
     if images.dim() != 4 or (cond is not None and cond.shape[0] != images.shape[0]):
         raise ShapeError(f"images {tuple(images.shape)} and cond {None if cond is None else tuple(cond.shape)}")
@@ -108,5 +116,7 @@ def train_generator(images: Tensor, cond: Tensor | None, config: GeneratorTrainC
         if step % 50 == 0 or step == config.steps:
             n = 50 if step % 50 == 0 else step % 50
             history.append({"step": step, "loss": running / n, "seconds": time.perf_counter() - start})
+            if on_history is not None:
+                on_history(history[-1])
             running = 0.0
     return GeneratorTrainResult(model=ema.eval(), history=history)

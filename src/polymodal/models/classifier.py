@@ -47,6 +47,7 @@ from polymodal.models.classifier_encoders import (
     encoder_config_from_dict,
     encoder_config_to_dict,
 )
+from polymodal.models.classifier_inputs import ModalityInputs, featurize, raw_inputs
 
 if TYPE_CHECKING:
     from polymodal.data.record import Record
@@ -201,47 +202,6 @@ class ClassifierOutput:
     aux_logits: dict[str, Tensor] = field(default_factory=dict)
 
 
-@dataclass
-class ModalityInputs:
-    """Model-ready tensors of a batch.
-
-    Args:
-        values: per modality: images ``(B, C, H, W)`` in [0, 1], log-mels ``(B, n_mels, T)``, token ids ``(B, L)``.
-        present: per modality, ``(B,)`` bool.
-        audio_lengths: ``(B,)`` valid log-mel frames, or ``None`` (all valid).
-    """
-
-    values: dict[str, Tensor]
-    present: dict[str, Tensor]
-    audio_lengths: Tensor | None = None
-
-    def __len__(self) -> int:
-        return next(iter(self.present.values())).shape[0]
-
-    def select(self, index: Tensor) -> ModalityInputs:
-        """The rows ``index`` (a 1-D long tensor)."""
-        return ModalityInputs(
-            {m: v[index] for m, v in self.values.items()},
-            {m: p[index] for m, p in self.present.items()},
-            None if self.audio_lengths is None else self.audio_lengths[index],
-        )
-
-    def to(self, device: torch.device | str) -> ModalityInputs:
-        return ModalityInputs(
-            {m: v.to(device) for m, v in self.values.items()},
-            {m: p.to(device) for m, p in self.present.items()},
-            None if self.audio_lengths is None else self.audio_lengths.to(device),
-        )
-
-    def without(self, modality: str) -> ModalityInputs:
-        """The same batch with ``modality`` marked absent in every row."""
-        if modality not in self.present:
-            raise ConfigError(f"no modality {modality!r} in these inputs; have {sorted(self.present)}")
-        present = dict(self.present)
-        present[modality] = torch.zeros_like(present[modality])
-        return ModalityInputs(dict(self.values), present, self.audio_lengths)
-
-
 def _build_encoder(config: EncoderConfig) -> nn.Module:
     if isinstance(config, ImageEncoderConfig):
         return ImageEncoder(config)
@@ -298,8 +258,6 @@ class MultimodalClassifier(nn.Module):
             records: the examples.
             require_all: see :func:`polymodal.models.classifier_inputs.raw_inputs`.
         """
-        from polymodal.models.classifier_inputs import featurize, raw_inputs  # (it imports this module)
-
         return featurize(self.config, raw_inputs(self.config, records, require_all=require_all))
 
     def encode(self, inputs: ModalityInputs) -> dict[str, EncodedModality]:

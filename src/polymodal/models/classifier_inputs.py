@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,12 +18,55 @@ from torch import Tensor
 
 from polymodal.data.audio import Audio, MelConfig, MelSpectrogram, log_mel, pad_or_trim
 from polymodal.data.record import Record
-from polymodal.errors import DataError
-from polymodal.models.classifier import ClassifierConfig, ModalityInputs
+from polymodal.errors import ConfigError, DataError
 from polymodal.models.classifier_encoders import AudioEncoderConfig, ImageEncoderConfig, TextEncoderConfig
 from polymodal.text import WordTokenizer
 
+if TYPE_CHECKING:  # (the classifier imports this module for its inputs)
+    from polymodal.models.classifier import ClassifierConfig
+
 __all__ = ["RawInputs", "featurize", "raw_inputs"]
+
+
+@dataclass
+class ModalityInputs:
+    """Model-ready tensors of a batch.
+
+    Args:
+        values: per modality: images ``(B, C, H, W)`` in [0, 1], log-mels ``(B, n_mels, T)``, token ids ``(B, L)``.
+        present: per modality, ``(B,)`` bool.
+        audio_lengths: ``(B,)`` valid log-mel frames, or ``None`` (all valid).
+    """
+
+    values: dict[str, Tensor]
+    present: dict[str, Tensor]
+    audio_lengths: Tensor | None = None
+
+    def __len__(self) -> int:
+        return next(iter(self.present.values())).shape[0]
+
+    def select(self, index: Tensor) -> ModalityInputs:
+        """The rows ``index`` (a 1-D long tensor)."""
+        return ModalityInputs(
+            {m: v[index] for m, v in self.values.items()},
+            {m: p[index] for m, p in self.present.items()},
+            None if self.audio_lengths is None else self.audio_lengths[index],
+        )
+
+    def to(self, device: torch.device | str) -> ModalityInputs:
+        return ModalityInputs(
+            {m: v.to(device) for m, v in self.values.items()},
+            {m: p.to(device) for m, p in self.present.items()},
+            None if self.audio_lengths is None else self.audio_lengths.to(device),
+        )
+
+    def without(self, modality: str) -> ModalityInputs:
+        """The same batch with ``modality`` marked absent in every row."""
+        if modality not in self.present:
+            raise ConfigError(f"no modality {modality!r} in these inputs; have {sorted(self.present)}")
+        present = dict(self.present)
+        present[modality] = torch.zeros_like(present[modality])
+        return ModalityInputs(dict(self.values), present, self.audio_lengths)
 
 
 @dataclass

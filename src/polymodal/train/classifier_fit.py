@@ -21,12 +21,11 @@ from polymodal.data.record import Record
 from polymodal.errors import ConfigError, DataError
 from polymodal.models.classifier import (
     ClassifierConfig,
-    ModalityInputs,
     MultimodalClassifier,
     missing_modality_dropout,
 )
 from polymodal.models.classifier_encoders import TextEncoderConfig
-from polymodal.models.classifier_inputs import featurize, raw_inputs
+from polymodal.models.classifier_inputs import ModalityInputs, featurize, raw_inputs
 
 __all__ = [
     "BUILTIN_DATA",

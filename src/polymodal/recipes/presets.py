@@ -1,4 +1,4 @@
-"""Default settings of the main job (``polymodal demo``) and of ``polymodal train``.
+"""Default settings of the main job (``polymodal demo``) and of ``polymodal dual train``.
 
 Chosen on the OpenMoji validation split (``scripts/tune_aligner.py``; the test split is never read there)
 under the demo's budget of about 5 minutes on 2 CPU cores for a first run with an empty cache:
@@ -27,14 +27,33 @@ Across domains (``scripts/tune_generalist.py``, validation sets only, three seed
   R@1 and groups the same within a point, subgroups 0.412 -> 0.388 (one standard error is 0.031).
 """
 
-from polymodal.models.aligner import AlignerConfig
-from polymodal.models.transfer import TransferConfig
-from polymodal.train.fit import TrainConfig
+from __future__ import annotations
 
-DEMO_MODEL = AlignerConfig(unlock_image=0, unlock_text=0, image_size=224, image_fit="pad", head_dropout=0.1)
-DEMO_TRAIN = TrainConfig(epochs=30, batch_size=256, lr=1e-3, tower_lr=2e-4, image_views=0, patience=8,
-                        refit=True)
+from typing import Any
+
+# Plain values first: the command line reads its option defaults from these without importing torch.
+DEMO_MODEL_ARGS: dict[str, Any] = {"unlock_image": 0, "unlock_text": 0, "image_size": 224, "image_fit": "pad",
+                                   "head_dropout": 0.1}
+DEMO_TRAIN_ARGS: dict[str, Any] = {"epochs": 30, "batch_size": 256, "lr": 1e-3, "tower_lr": 2e-4, "image_views": 0,
+                                   "patience": 8, "refit": True}
 DEMO_DATA = "builtin:openmoji"
 DEMO_ALSO_TRAIN_ON = ("builtin:twemoji", "builtin:noto")  # their train (and val, for the refit) splits
-DEMO_TRANSFER = TransferConfig()
 DEMO_EVAL_SETS = ("builtin:photos", "builtin:twemoji", "builtin:noto", "builtin:openmoji")
+
+
+def __getattr__(name: str) -> Any:
+    """``DEMO_MODEL`` (an ``AlignerConfig``), ``DEMO_TRAIN`` (a ``TrainConfig``) and ``DEMO_TRANSFER`` (a
+    ``TransferConfig``), built on first use: their classes import torch."""
+    if name == "DEMO_MODEL":
+        from polymodal.models.aligner import AlignerConfig
+
+        return AlignerConfig(**DEMO_MODEL_ARGS)
+    if name == "DEMO_TRAIN":
+        from polymodal.train.fit import TrainConfig
+
+        return TrainConfig(**DEMO_TRAIN_ARGS)
+    if name == "DEMO_TRANSFER":
+        from polymodal.models.transfer import TransferConfig
+
+        return TransferConfig()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
