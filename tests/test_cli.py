@@ -174,11 +174,11 @@ def test_data_inspect_takes_the_source_as_argument_or_data(tmp_path):
 def classifier_dir(tmp_path_factory) -> Path:
     """A saved (untrained) late-fusion classifier: the kind of folder `fuse train` writes."""
     from polymodal.models.build import build_model, load_preset
-    from polymodal.models.io import save_model
+    from polymodal.models.io import save
 
     path = tmp_path_factory.mktemp("fuse") / "fuse"
     config = load_preset("fusion-late").replace(labels=tuple(str(d) for d in range(10)))
-    save_model(build_model(config), path)
+    save(build_model(config), path)
     return path
 
 
@@ -238,9 +238,9 @@ def test_caption_without_a_verb_runs_and_equals_caption_run(tmp_path):
 
 def test_an_alias_gives_the_group_verbs_result(tmp_path, capsys):
     from polymodal.models.aligner import Aligner, AlignerConfig
-    from polymodal.models.io import save_model
+    from polymodal.models.io import save
 
-    save_model(Aligner(AlignerConfig(image_size=64)), tmp_path / "m")
+    save(Aligner(AlignerConfig(image_size=64)), tmp_path / "m")
     from PIL import Image
 
     for i, colour in enumerate([(200, 0, 0), (0, 0, 200)]):

@@ -157,7 +157,7 @@ class Aligner(nn.Module):
 
     # ---------------------------------------------------------------- files besides the weights
     def save_assets(self, path: str | Path) -> None:
-        """Write the support set and the transfer bank, where there are (called by ``save_model``)."""
+        """Write the support set and the transfer bank, where there are (called by ``polymodal.save``)."""
         for name, asset in ((SUPPORT_FILE, self.support), (TRANSFER_FILE, self.transfer)):
             target = Path(path) / name
             if asset is not None:

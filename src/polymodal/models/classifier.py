@@ -305,7 +305,7 @@ class MultimodalClassifier(nn.Module):
         return ClassifierOutput(logits, aux_logits if aux else {})
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
-        """Every parameter (the whole model is trained); what ``polymodal.models.io.save_model`` writes."""
+        """Every parameter (the whole model is trained); what ``polymodal.save`` writes."""
         return {k: v.detach() for k, v in self.named_parameters()}
 
 

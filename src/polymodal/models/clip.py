@@ -12,7 +12,7 @@ content and view: the normalised pixels (``image_trunk``) and the token ids (``t
 
 The tokenizer is part of the model. ``tokenizer="bpe"``/``"wordpiece"`` learn one from the training
 captions (:meth:`CLIP.fit_tokenizer`, called before the text trunks are computed); ``"clip"`` is CLIP's own
-BPE and comes with a checkpoint (:mod:`polymodal.models.hf_clip`). ``save_model`` writes it as
+BPE and comes with a checkpoint (:mod:`polymodal.models.hf_clip`). ``polymodal.save`` writes it as
 ``tokenizer.json`` next to ``model.safetensors``.
 """
 
@@ -181,7 +181,7 @@ class CLIP(nn.Module):
         return self.tokenizer
 
     def save_assets(self, path: str | Path) -> None:
-        """Write the tokenizer into the model folder (called by ``save_model``): ``tokenizer.json`` and
+        """Write the tokenizer into the model folder (called by ``polymodal.save``): ``tokenizer.json`` and
         ``special_tokens_map.json`` naming its BOS, EOT and padding tokens.
 
         Args:

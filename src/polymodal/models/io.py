@@ -217,9 +217,6 @@ def load_trainable(model: Any, weights: dict[str, torch.Tensor], *, source: Path
             params[k].copy_(v)
 
 
-save_model = save  # the name before the one model API (#17); kept for code written against it
-
-
 __all__ = [
     "FORMAT_VERSION",
     "create",
@@ -230,7 +227,6 @@ __all__ = [
     "read_trainable",
     "require_kind",
     "save",
-    "save_model",
     "write_aligner",
     "write_trainable",
 ]
