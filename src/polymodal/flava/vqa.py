@@ -21,10 +21,9 @@ from torch import Tensor
 from polymodal.data.record import Record
 from polymodal.errors import ConfigError, DataError, ShapeError
 from polymodal.flava.data import pixels, tokenize
-from polymodal.flava.pretrain import param_groups
 from polymodal.flava.vqa_model import FlavaForVqa
 from polymodal.text import WordTokenizer
-from polymodal.train.schedule import warmup_cosine
+from polymodal.train.loop import param_groups, progress_bar, warmup_cosine
 
 
 @dataclass
@@ -141,8 +140,13 @@ def finetune_vqa(
     config: VqaConfig,
     *,
     on_history: Callable[[dict[str, float]], None] | None = None,
+    progress: bool = False,
 ) -> VqaResult:
     """Train the whole model and head with cross-entropy; keep the best-validation epoch's weights.
+
+    AdamW without decay on biases, norms and embeddings, warm-up then cosine decay
+    (:mod:`polymodal.train.loop`), gradients clipped at norm 1; shuffling draws from a generator seeded
+    with ``config.seed``.
 
     Args:
         model: the VQA model, trained in place.
@@ -150,6 +154,7 @@ def finetune_vqa(
         val: validation split (model selection only).
         config: the recipe.
         on_history: called with each epoch's history entry as it is recorded (progress).
+        progress: a bar per epoch on stderr.
     """
     if train.answers.numel() and int(train.answers.max()) >= model.num_answers:
         raise ShapeError(
@@ -170,7 +175,7 @@ def finetune_vqa(
         model.train()
         order = torch.randperm(len(train), generator=gen)
         loss_sum = 0.0
-        for step in range(per_epoch):
+        for step in progress_bar(range(per_epoch), desc=f"epoch {epoch}/{config.epochs}", enabled=progress):
             idx = order[step * batch : (step + 1) * batch]
             logits = model(train.images[idx], train.input_ids[idx], train.attention_mask[idx])
             loss = F.cross_entropy(logits, train.answers[idx])
