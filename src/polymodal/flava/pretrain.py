@@ -27,7 +27,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -48,7 +49,7 @@ from polymodal.losses import (
     patchify,
 )
 from polymodal.text import WordTokenizer
-from polymodal.train.loop import log, param_groups, progress_bar, warmup_cosine
+from polymodal.train.loop import Checkpointer, log, param_groups, progress_bar, warmup_cosine
 
 __all__ = ["FlavaObjectives", "PretrainLosses", "PretrainResult", "param_groups", "pretrain"]
 
@@ -210,6 +211,8 @@ def pretrain(
     *,
     on_epoch: Callable[[int], dict[str, float]] | None = None,
     progress: bool = False,
+    checkpoint: Path | None = None,
+    resume: bool = False,
 ) -> PretrainResult:
     """Pretrain ``model`` in place on image-caption pairs with the weighted objectives.
 
@@ -228,6 +231,9 @@ def pretrain(
         on_epoch: called after each epoch with its number (1-based), e.g. to measure validation metrics;
             its dict is merged into that epoch's history entry.
         progress: a bar per epoch on stderr (``config.log_every`` lines go to stderr too).
+        checkpoint: a folder to write a resumable checkpoint to after every epoch
+            (:class:`polymodal.train.loop.Checkpointer`).
+        resume: continue from ``checkpoint`` exactly as if the run had not stopped (same ``config``).
     """
     if len(captions) != images.shape[0] or any(not c for c in captions):
         raise ShapeError(
@@ -247,9 +253,16 @@ def pretrain(
         total_steps=total_steps,
         min_ratio=0.01,
     )
-    result = PretrainResult()
-    start = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
+    saver = Checkpointer(checkpoint, settings=asdict(config), kind="flava-pretrain-checkpoint", optimizer=optimizer,
+                         scheduler=scheduler, generators={"data": gen})
+    result, first = PretrainResult(), 1
+    if resume:
+        saved = saver.restore(model)
+        result = PretrainResult(history=list(saved["history"]), seconds=float(saved["seconds"]),
+                                steps=int(saved["steps"]))
+        first = len(result.history) + 1
+    start = time.perf_counter() - result.seconds
+    for epoch in range(first, config.epochs + 1):
         model.train()
         order = torch.randperm(images.shape[0], generator=gen)
         sums: dict[str, float] = {}
@@ -282,6 +295,7 @@ def pretrain(
         result.history.append(entry)
         if not all(math.isfinite(v) for v in entry.values()):
             raise FloatingPointError(f"pretrain: non-finite loss at epoch {epoch}: {entry}")
+        saver.save(model, {"history": result.history, "seconds": entry["seconds"], "steps": result.steps})
     result.seconds = time.perf_counter() - start
     model.eval()
     return result

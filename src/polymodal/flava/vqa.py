@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,7 @@ from polymodal.errors import ConfigError, DataError, ShapeError
 from polymodal.flava.data import pixels, tokenize
 from polymodal.flava.vqa_model import FlavaForVqa
 from polymodal.text import WordTokenizer
-from polymodal.train.loop import param_groups, progress_bar, warmup_cosine
+from polymodal.train.loop import Checkpointer, param_groups, progress_bar, warmup_cosine
 
 
 @dataclass
@@ -141,6 +142,8 @@ def finetune_vqa(
     *,
     on_history: Callable[[dict[str, float]], None] | None = None,
     progress: bool = False,
+    checkpoint: Path | None = None,
+    resume: bool = False,
 ) -> VqaResult:
     """Train the whole model and head with cross-entropy; keep the best-validation epoch's weights.
 
@@ -155,6 +158,9 @@ def finetune_vqa(
         config: the recipe.
         on_history: called with each epoch's history entry as it is recorded (progress).
         progress: a bar per epoch on stderr.
+        checkpoint: a folder to write a resumable checkpoint to after every epoch
+            (:class:`polymodal.train.loop.Checkpointer`).
+        resume: continue from ``checkpoint`` exactly as if the run had not stopped (same ``config``).
     """
     if train.answers.numel() and int(train.answers.max()) >= model.num_answers:
         raise ShapeError(
@@ -168,10 +174,17 @@ def finetune_vqa(
     scheduler = warmup_cosine(
         optimizer, warmup_steps=int(config.warmup_fraction * total), total_steps=total, min_ratio=0.01
     )
+    saver = Checkpointer(checkpoint, settings=asdict(config), kind="flava-vqa-checkpoint", optimizer=optimizer,
+                         scheduler=scheduler, generators={"data": gen})
     result = VqaResult()
     best_state: dict[str, Tensor] | None = None
-    start = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
+    if resume:
+        saved = saver.restore(model)
+        result = VqaResult(history=list(saved["history"]), best_epoch=int(saved["best_epoch"]),
+                           best_val_acc=float(saved["best_val_acc"]), seconds=float(saved["seconds"]))
+        best_state = dict(saved["best_state"])
+    start = time.perf_counter() - result.seconds
+    for epoch in range(len(result.history) + 1, config.epochs + 1):
         model.train()
         order = torch.randperm(len(train), generator=gen)
         loss_sum = 0.0
@@ -199,6 +212,9 @@ def finetune_vqa(
         if val_acc > result.best_val_acc or best_state is None:
             result.best_epoch, result.best_val_acc = epoch, val_acc
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        saver.save(model, {"history": result.history, "best_epoch": result.best_epoch,
+                           "best_val_acc": result.best_val_acc, "best_state": best_state,
+                           "seconds": result.history[-1]["seconds"]})
     assert best_state is not None
     model.load_state_dict(best_state)
     model.eval()

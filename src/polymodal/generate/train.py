@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,7 +14,7 @@ from torch import Tensor
 from polymodal.errors import ConfigError, ShapeError
 from polymodal.generate.flow import flow_matching_loss
 from polymodal.generate.model import FlowUNet, GeneratorConfig, from_pil, to_pil
-from polymodal.train.loop import param_groups, progress_bar, seed_everything, warmup_cosine
+from polymodal.train.loop import Checkpointer, param_groups, progress_bar, seed_everything, warmup_cosine
 
 __all__ = ["GeneratorTrainConfig", "GeneratorTrainResult", "from_pil", "to_pil", "train_generator"]
 
@@ -70,6 +71,8 @@ def train_generator(
     *,
     on_history: Callable[[dict[str, float]], None] | None = None,
     progress: bool = False,
+    checkpoint: Path | None = None,
+    resume: bool = False,
 ) -> GeneratorTrainResult:
     """Fit a :class:`FlowUNet` by conditional flow matching.
 
@@ -79,6 +82,9 @@ def train_generator(
         config: Settings.
         on_history: called with each history entry as it is recorded (progress).
         progress: A bar over the steps on stderr.
+        checkpoint: A folder to write a resumable checkpoint to at every history row (50 steps)
+            (:class:`polymodal.train.loop.Checkpointer`).
+        resume: Continue from ``checkpoint`` exactly as if the run had not stopped (same data and config).
     """
     if images.dim() != 4 or (cond is not None and cond.shape[0] != images.shape[0]):
         raise ShapeError(f"images {tuple(images.shape)} and cond {None if cond is None else tuple(cond.shape)}")
@@ -96,9 +102,13 @@ def train_generator(
     ema.requires_grad_(False)
     opt = torch.optim.AdamW(param_groups(model, 0.0), lr=config.lr)
     sched = warmup_cosine(opt, warmup_steps=0, total_steps=config.steps)
-    history: list[dict[str, float]] = []
-    start, running = time.perf_counter(), 0.0
-    for step in progress_bar(range(1, config.steps + 1), desc="flow matching", enabled=progress):
+    saver = Checkpointer(checkpoint, settings=asdict(config), kind="generator-checkpoint", optimizer=opt,
+                         scheduler=sched, generators={"data": gen})
+    history: list[dict[str, float]] = list(saver.restore(model, extra={"ema": ema})["history"]) if resume else []
+    first = int(history[-1]["step"]) + 1 if history else 1
+    start, running = time.perf_counter() - (history[-1]["seconds"] if history else 0.0), 0.0
+    for step in progress_bar(range(first, config.steps + 1), desc="flow matching", enabled=progress,
+                             total=config.steps - first + 1):
         idx = torch.randint(0, images.shape[0], (config.batch_size,), generator=gen)
         x = images[idx]
         if config.flip:
@@ -122,4 +132,5 @@ def train_generator(
             if on_history is not None:
                 on_history(history[-1])
             running = 0.0
+            saver.save(model, {"history": history}, extra={"ema": ema})
     return GeneratorTrainResult(model=ema.eval(), history=history)

@@ -26,7 +26,7 @@ from polymodal.models.classifier import (
 )
 from polymodal.models.classifier_encoders import TextEncoderConfig
 from polymodal.models.classifier_inputs import ModalityInputs, featurize, raw_inputs
-from polymodal.train.loop import param_groups, progress_bar, seed_everything, warmup_cosine
+from polymodal.train.loop import Checkpointer, param_groups, progress_bar, seed_everything, warmup_cosine
 
 __all__ = [
     "BUILTIN_DATA",
@@ -230,6 +230,8 @@ def fit_classifier(
     select: str = "auto",
     log: Any = None,
     progress: bool = False,
+    checkpoint: Path | None = None,
+    resume: bool = False,
 ) -> FitResult:
     """Train on ``data.splits["train"]``, keep the epoch with the best accuracy on ``data.splits["val"]``.
 
@@ -252,6 +254,9 @@ def fit_classifier(
             has modality dropout, else "all").
         log: optional ``callable(str)`` for a line per epoch.
         progress: a bar per epoch on stderr.
+        checkpoint: a folder to write a resumable checkpoint to after every epoch
+            (:class:`polymodal.train.loop.Checkpointer`).
+        resume: continue from ``checkpoint`` exactly as if the run had not stopped (same data and settings).
     """
     if select not in ("auto", "all", "missing"):
         raise ConfigError(f"select must be 'auto', 'all' or 'missing', got {select!r}")
@@ -277,8 +282,16 @@ def fit_classifier(
     if select == "auto":
         select = "missing" if config.modality_dropout > 0 and len(config.modalities) > 1 else "all"
     best_score, best_epoch, best_acc, best_state = -1.0, -1, -1.0, copy.deepcopy(model.state_dict())
-    history = []
-    for epoch in range(epochs):
+    history: list[dict[str, Any]] = []
+    settings = {"config": config.to_dict(), "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                "weight_decay": weight_decay, "seed": seed, "select": select}
+    saver = Checkpointer(checkpoint, settings=settings, kind="classifier-checkpoint", optimizer=opt, scheduler=sched,
+                         generators={"data": gen})
+    if resume:
+        saved = saver.restore(model)
+        history, best_state = list(saved["history"]), dict(saved["best_state"])
+        best_score, best_epoch, best_acc = float(saved["best_score"]), int(saved["best_epoch"]), float(saved["best_acc"])
+    for epoch in range(len(history), epochs):
         model.train()
         order = torch.randperm(len(train), generator=gen)
         total = 0.0
@@ -319,6 +332,8 @@ def fit_classifier(
             log(f"epoch {epoch}: loss {total / len(train):.4f} val acc {val_acc:.4f} score {score:.4f}")
         if score > best_score:  # model selection on the validation split only
             best_score, best_epoch, best_acc, best_state = score, epoch, val_acc, copy.deepcopy(model.state_dict())
+        saver.save(model, {"history": history, "best_state": best_state, "best_score": best_score,
+                           "best_epoch": best_epoch, "best_acc": best_acc})
     model.load_state_dict(best_state)
     model.eval()
     return FitResult(model.cpu(), best_epoch, best_acc, history, time.perf_counter() - t0, select, best_score)

@@ -30,6 +30,7 @@ from polymodal.models.protocol import DualEncoder
 from polymodal.train.feature_cache import FeatureCache
 from polymodal.train.global_batch import run_global_epoch
 from polymodal.train.loop import (
+    check_settings,
     load_run,
     log,
     param_groups,
@@ -95,19 +96,8 @@ def check_resume(checkpoint_dir: Path, config: TrainConfig) -> None:
 
 def _check_same_settings(found: Path, state: dict[str, Any], config: TrainConfig) -> None:
     """Raise unless the loop state ``state`` of the checkpoint at ``found`` was trained under ``config``
-    (up to :data:`RESUMABLE_CHANGES`)."""
-    saved = state.get("config")
-    if not isinstance(saved, dict):  # a checkpoint from before settings were saved in it
-        return
-    asked = asdict(config)
-    changed = [k for k, v in asked.items() if k in saved and k not in RESUMABLE_CHANGES and saved[k] != v]
-    if changed:
-        raise ConfigError(
-            f"{found}: cannot resume with other training settings: the checkpoint has "
-            + ", ".join(f"{k}={saved[k]!r}" for k in changed) + "; this run asks for "
-            + ", ".join(f"{k}={asked[k]!r}" for k in changed)
-            + ". Resume with the checkpoint's settings, or train into a new --out folder"
-        )
+    (up to :data:`RESUMABLE_CHANGES`); a checkpoint from before settings were saved in it passes."""
+    check_settings(found, state.get("config"), asdict(config), may_change=RESUMABLE_CHANGES)
 
 
 @dataclass

@@ -38,10 +38,12 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from tqdm.auto import tqdm
 
 from polymodal.core.checkpoint import find_checkpoint_dir, load_train_state, load_weights, save_checkpoint_dir
-from polymodal.errors import CheckpointError
+from polymodal.errors import CheckpointError, ConfigError
 
 __all__ = [
+    "Checkpointer",
     "RunCheckpoint",
+    "check_settings",
     "decays",
     "load_run",
     "log",
@@ -232,6 +234,14 @@ def save_run(
     clash = sorted(_RESERVED & set(loop))
     if clash:
         raise ValueError(f"save_run: loop records may not be named {clash}")
+    # safetensors refuses tensors that share memory (tied embeddings): give each name its own copy.
+    seen: set[int] = set()
+    own = {}
+    for k, v in weights.items():
+        ptr = v.untyped_storage().data_ptr() if v.numel() else -1
+        own[k] = v.detach().clone() if ptr in seen else v
+        seen.add(ptr)
+    weights = own
     state = {
         **loop,
         "optimizer": optimizer.state_dict(),
@@ -288,6 +298,105 @@ def load_run(
         raise CheckpointError(f"{found}: the optimiser state does not fit this run's parameters ({e})") from None
     set_rng_state(rng, generators)
     return RunCheckpoint(found, weights, loop)
+
+
+def check_settings(found: Path, saved: Mapping[str, Any] | None, asked: Mapping[str, Any], *,
+                   may_change: Iterable[str] = ()) -> None:
+    """Refuse to resume a checkpoint trained under other settings: its optimiser and schedule state
+    would keep the old ones while the run reported the new.
+
+    Args:
+        found: the checkpoint folder, for the message.
+        saved: the settings saved in the checkpoint (``None``: a checkpoint without them, accepted).
+        asked: this run's settings.
+        may_change: settings that change nothing computed, or act only from the resume on.
+
+    Raises:
+        ConfigError: naming each changed setting, its checkpoint value and the one asked for.
+    """
+    if not isinstance(saved, Mapping):
+        return
+    free = set(may_change)
+    changed = [k for k, v in asked.items() if k in saved and k not in free and saved[k] != v]
+    if changed:
+        raise ConfigError(
+            f"{found}: cannot resume with other training settings: the checkpoint has "
+            + ", ".join(f"{k}={saved[k]!r}" for k in changed) + "; this run asks for "
+            + ", ".join(f"{k}={asked[k]!r}" for k in changed)
+            + ". Resume with the checkpoint's settings, or train into a new folder"
+        )
+
+
+class Checkpointer:
+    """A loop's resumable checkpoint folder: the model's whole state (parameters and buffers), the
+    optimiser, the schedule, the generators and the loop's records, written by :meth:`save` after each
+    epoch (or every few steps) and read back by :meth:`restore`.
+
+    Args:
+        path: the checkpoint folder; ``None`` turns checkpointing off (both methods then do nothing).
+        settings: the run's settings, saved in the checkpoint; a resume under other ones is refused
+            (:func:`check_settings`).
+        kind: what the folder is, written in its ``config.json`` (``"flava-pretrain-checkpoint"``).
+        optimizer: the loop's optimiser.
+        scheduler: the loop's schedule, or ``None``.
+        generators: the loop's own generators by name.
+        may_change: settings a resume may change (see :func:`check_settings`).
+    """
+
+    def __init__(self, path: Path | None, *, settings: Mapping[str, Any], kind: str, optimizer: Optimizer,
+                 scheduler: LRScheduler | None, generators: Mapping[str, torch.Generator] | None = None,
+                 may_change: Iterable[str] = ()) -> None:
+        self.path = None if path is None else Path(path)
+        self.settings = dict(settings)
+        self.kind, self.optimizer, self.scheduler = kind, optimizer, scheduler
+        self.generators = dict(generators or {})
+        self.may_change = frozenset(may_change)
+
+    def save(self, model: nn.Module, loop: dict[str, Any], *, extra: Mapping[str, nn.Module] | None = None) -> None:
+        """Write the checkpoint (atomically replacing the last one).
+
+        Args:
+            model: its ``state_dict()`` is saved.
+            loop: the loop's counters and records (:func:`save_run`).
+            extra: other modules that change as the run trains (an EMA copy), by prefix.
+        """
+        if self.path is None:
+            return
+        weights = dict(model.state_dict())
+        for prefix, module in (extra or {}).items():
+            weights.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
+        save_run(self.path, weights=weights, optimizer=self.optimizer, scheduler=self.scheduler,
+                 loop={**loop, "settings": self.settings}, config={"kind": self.kind, "settings": self.settings},
+                 generators=self.generators)
+
+    def restore(self, model: nn.Module, *, extra: Mapping[str, nn.Module] | None = None) -> dict[str, Any]:
+        """Load the checkpoint into ``model``, ``extra``, the optimiser, the schedule and the generators.
+
+        Returns:
+            The loop's records as saved.
+
+        Raises:
+            ConfigError: no checkpoint folder given, none there, or one trained under other settings.
+            CheckpointError: it does not fit the model or the optimiser.
+        """
+        if self.path is None:
+            raise ConfigError("resume needs the checkpoint folder of the run")
+        found = load_run(self.path, optimizer=self.optimizer, scheduler=self.scheduler, generators=self.generators,
+                         check=lambda where, st: check_settings(where, st.get("settings"), self.settings,
+                                                                may_change=self.may_change))
+        if found is None:
+            raise ConfigError(f"{self.path}: no checkpoint to resume from")
+        others = dict(extra or {})
+        parts: dict[str, dict[str, Tensor]] = {p: {} for p in ["", *others]}
+        for k, v in found.weights.items():
+            prefix = next((p for p in others if k.startswith(p + ".")), "")
+            parts[prefix][k[len(prefix) + 1 :] if prefix else k] = v
+        for prefix, module in [("", model), *others.items()]:
+            try:
+                module.load_state_dict(parts[prefix])
+            except RuntimeError as e:
+                raise CheckpointError(f"{found.path}: the weights do not fit the model ({e})") from None
+        return found.state
 
 
 # ---------------------------------------------------------------------------------------------------------
