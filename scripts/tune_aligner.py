@@ -19,7 +19,8 @@ from polymodal.models.aligner import Aligner
 from polymodal.models.support import SupportConfig
 from polymodal.recipes.presets import DEMO_MODEL, DEMO_TRAIN
 from polymodal.train.feature_cache import FeatureCache, default_cache_dir
-from polymodal.train.fit import DualEncoderTrainer, seed_everything
+from polymodal.train.fit import DualEncoderTrainer
+from polymodal.train.loop import seed_everything
 from polymodal.train.trunk_features import build_support_set
 
 

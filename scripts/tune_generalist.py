@@ -25,7 +25,8 @@ from polymodal.models.prompts import EMOJI_TEMPLATES, PHOTO_TEMPLATES
 from polymodal.models.transfer import TransferConfig
 from polymodal.recipes.presets import DEMO_MODEL, DEMO_TRAIN
 from polymodal.train.feature_cache import FeatureCache, default_cache_dir
-from polymodal.train.fit import DualEncoderTrainer, seed_everything
+from polymodal.train.fit import DualEncoderTrainer
+from polymodal.train.loop import seed_everything
 from polymodal.train.trunk_features import attach_transfer
 
 TEMPLATES = {"emoji": EMOJI_TEMPLATES, "photo": PHOTO_TEMPLATES, "both": EMOJI_TEMPLATES + PHOTO_TEMPLATES}

@@ -194,3 +194,17 @@ def test_cli_captions_an_image_file(tmp_path) -> None:  # type: ignore[no-untype
     [row] = json.loads(res.output)  # --json: one document, a list with a row per image
     assert row["image"].endswith("a.png") and isinstance(row["caption"], str)
     assert CliRunner().invoke(caption, []).exit_code != 0  # no model: a usage error
+
+
+def test_training_resumes_bit_identically(tmp_path, monkeypatch):
+    from _resume_helpers import assert_same_state, crash_after_checkpoints
+
+    grids = torch.randn(8, 1280, 2, 2, generator=torch.Generator().manual_seed(0))
+    captions = ["red heart", "blue square", "green circle", "yellow star"] * 2
+    cfg = CaptionTrainConfig(epochs=4, batch_size=4, lr=3e-3,
+                             model={"dim": 32, "heads": 2, "depth": 1, "max_length": 6, "dropout": 0.1})
+    whole = train_captioner(grids, captions, cfg)
+    crash_after_checkpoints(monkeypatch, 2, lambda: train_captioner(grids, captions, cfg, checkpoint=tmp_path / "c"))
+    resumed = train_captioner(grids, captions, cfg, checkpoint=tmp_path / "c", resume=True)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
+    assert_same_state(resumed.model, whole.model)

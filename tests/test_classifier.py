@@ -132,3 +132,20 @@ def test_cli_train_and_eval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert set(res["accuracy"]) == {"all", "missing:image", "missing:audio"}
     assert all(0.0 <= v <= 1.0 for v in res["accuracy"].values())
     assert main(["fuse", "eval", "--model", str(tmp_path / "nothing")]) == 2
+
+
+def test_training_resumes_bit_identically(tmp_path, monkeypatch) -> None:
+    from _resume_helpers import assert_same_state, crash_after_checkpoints
+
+    cfg = _tiny("fusion-early").replace(modality_dropout=0.3)  # dropout draws from the loop's generator
+
+    def run(**kw):
+        return fit_classifier(cfg, _tiny_data(), epochs=3, batch_size=16, lr=3e-3, seed=1, **kw)
+
+    whole = run()
+    crash_after_checkpoints(monkeypatch, 1, lambda: run(checkpoint=tmp_path / "c"))
+    resumed = run(checkpoint=tmp_path / "c", resume=True)
+    assert resumed.history == whole.history and resumed.best_epoch == whole.best_epoch
+    assert_same_state(resumed.model, whole.model)
+    with pytest.raises(ConfigError, match="no checkpoint to resume from"):
+        run(checkpoint=tmp_path / "none", resume=True)

@@ -249,7 +249,8 @@ def _subset(ps: PairSet, n: int) -> PairSet:
 def test_trainer_runs_clip_end_to_end(tmp_path):
     from polymodal.eval.aligner_eval import evaluate_aligner
     from polymodal.train.feature_cache import FeatureCache
-    from polymodal.train.fit import DualEncoderTrainer, TrainConfig, seed_everything
+    from polymodal.train.fit import DualEncoderTrainer, TrainConfig
+    from polymodal.train.loop import seed_everything
 
     train, val, test = (_subset(load_pairs("builtin:openmoji", s), n) for s, n in
                         (("train", 48), ("val", 16), ("test", 16)))
@@ -275,7 +276,8 @@ def test_from_scratch_tiny_clip_beats_chance_on_openmoji(tmp_path):
     """About a minute on 2 idle cores: 15 epochs of clip-tiny on OpenMoji's 1,857 training pairs."""
     from polymodal.eval.aligner_eval import evaluate_aligner
     from polymodal.train.feature_cache import FeatureCache
-    from polymodal.train.fit import DualEncoderTrainer, TrainConfig, seed_everything
+    from polymodal.train.fit import DualEncoderTrainer, TrainConfig
+    from polymodal.train.loop import seed_everything
 
     torch.set_num_threads(2)
     train, val, test = (load_pairs("builtin:openmoji", s) for s in ("train", "val", "test"))

@@ -568,3 +568,41 @@ def test_load_rejects_missing_and_mismatched_folders(tmp_path):
         FlavaModel(_config(vocab_size=30), tokenizer=tok)
     with pytest.raises(ConfigError, match="2 answers given for a head of 3"):
         FlavaForVqa(FlavaModel(_config()), num_answers=3, answers=["yes", "no"])
+
+
+def test_pretraining_and_vqa_resume_bit_identically(tmp_path, monkeypatch):
+    from _resume_helpers import assert_same_state, crash_after_checkpoints
+
+    images, ids, attention = _batch(b=16, seed=1)
+    tok = WordTokenizer([f"w{i}" for i in range(VOCAB - 4)])
+    captions = [[tok.decode(row[m.bool()].tolist())] for row, m in zip(ids, attention, strict=True)]
+    cfg = PretrainConfig(epochs=4, batch_size=8, lr=3e-3, seed=0)
+
+    def pretrain_run(**kw):
+        torch.manual_seed(0)
+        model = FlavaModel(_config(dropout=0.1))  # dropout: the global generator must be restored too
+        return model, pretrain(model, images, captions, tok, cfg, **kw)
+
+    whole_model, whole = pretrain_run()
+    crash_after_checkpoints(monkeypatch, 2, lambda: pretrain_run(checkpoint=tmp_path / "pre"))
+    model, resumed = pretrain_run(checkpoint=tmp_path / "pre", resume=True)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
+    assert resumed.steps == whole.steps == 8
+    assert_same_state(model, whole_model)
+    with pytest.raises(ConfigError, match="lr=0.003; this run asks for lr=0.001"):
+        pretrain(model, images, captions, tok, PretrainConfig(epochs=4, batch_size=8, lr=1e-3),
+                 checkpoint=tmp_path / "pre", resume=True)
+
+    train, val = _vqa_split(64, 0), _vqa_split(32, 1)
+
+    def vqa_run(**kw):
+        torch.manual_seed(0)
+        model = FlavaForVqa(FlavaModel(_config(dropout=0.1)), num_answers=2)
+        return model, finetune_vqa(model, train, val, VqaConfig(epochs=3, batch_size=16, lr=2e-3), **kw)
+
+    whole_model, whole_vqa = vqa_run()
+    crash_after_checkpoints(monkeypatch, 1, lambda: vqa_run(checkpoint=tmp_path / "vqa"))
+    model, resumed_vqa = vqa_run(checkpoint=tmp_path / "vqa", resume=True)
+    assert [h["loss"] for h in resumed_vqa.history] == [h["loss"] for h in whole_vqa.history]
+    assert resumed_vqa.best_epoch == whole_vqa.best_epoch
+    assert_same_state(model, whole_model)  # the best epoch's weights, kept across the crash

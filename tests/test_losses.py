@@ -121,6 +121,37 @@ def test_clip_loss_matches_hand_written_cross_entropy(local_loss: bool) -> None:
     assert loss.item() == pytest.approx(_clip_reference(img, txt, logit_scale), rel=1e-12)
 
 
+@pytest.mark.parametrize("local_loss", [False, True])
+def test_the_trainers_global_batch_loss_is_clip_loss_on_one_process(local_loss: bool) -> None:
+    # The torchrun trainer's exact global-batch loss and ClipLoss share one reduction
+    # (symmetric_cross_entropy): on one process they agree in value and in every gradient.
+    from polymodal.train.global_batch import global_clip_loss
+
+    img, txt = _features(7, 5, seed=11)
+    leaves = [t.clone().requires_grad_(True) for t in (img, txt, img, txt)]
+    scales = [torch.tensor(2.3, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    ours = global_clip_loss(leaves[0], leaves[1], scales[0].exp(), [7], local_loss=local_loss)
+    ref = ClipLoss()(leaves[2], leaves[3], scales[1])
+    ours.backward()
+    ref.backward()
+    torch.testing.assert_close(ours, ref, rtol=1e-14, atol=0)
+    for a, b in ((leaves[0], leaves[2]), (leaves[1], leaves[3]), (scales[0], scales[1])):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-15)
+
+
+def test_symmetric_cross_entropy_shares_add_up_to_the_batch_loss() -> None:
+    from polymodal.losses import symmetric_cross_entropy
+
+    img, txt = _features(6, 4, seed=12)
+    logits = 5.0 * img @ txt.T
+    labels = torch.arange(6)
+    whole = symmetric_cross_entropy(logits, logits.T, labels)
+    assert whole.item() == pytest.approx((F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)).item() / 2)
+    # Rows 0-1 and 2-5 as two processes' shares of the batch of 6, each over all 6 columns.
+    shares = [symmetric_cross_entropy(logits[sl], logits.T[sl], labels[sl], total=6) for sl in (slice(0, 2), slice(2, 6))]
+    assert sum(s.item() for s in shares) == pytest.approx(whole.item(), rel=1e-12)
+
+
 def test_clip_loss_matches_hugging_face_clip() -> None:
     modeling_clip = pytest.importorskip("transformers.models.clip.modeling_clip")
     # transformers renamed clip_loss to image_text_contrastive_loss; accept either.

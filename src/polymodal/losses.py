@@ -159,6 +159,35 @@ class MarginContrastiveLoss(nn.Module):
 # ---------------------------------------------------------------------------------------------------------
 
 
+def symmetric_cross_entropy(
+    logits_per_image: Tensor, logits_per_text: Tensor, labels: Tensor, *, total: int | None = None
+) -> Tensor:
+    """The CLIP loss from its logits: the mean of the image-to-text and text-to-image cross-entropies.
+
+    The one implementation of the symmetric InfoNCE reduction: :class:`ClipLoss` and the exact global-batch
+    loss of the torchrun trainer (:func:`polymodal.train.global_batch.global_clip_loss`) both build their
+    logits and call this.
+
+    Args:
+        logits_per_image: ``(n, M)`` each image's logits over ``M`` candidate texts.
+        logits_per_text: ``(n, M)`` each text's logits over ``M`` candidate images.
+        labels: ``(n,)`` the column of each row's positive.
+        total: ``None``: the rows are the whole batch, and the result is
+            ``(CE_mean(image) + CE_mean(text)) / 2``. Otherwise the rows are this process's share of a batch
+            of ``total`` rows, and the result is ``(CE_sum(image) + CE_sum(text)) / (2 * total)``: the
+            shares of all processes add up to the loss of the batch.
+
+    Returns:
+        The scalar loss.
+    """
+    if total is None:
+        return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+    return (
+        F.cross_entropy(logits_per_image, labels, reduction="sum")
+        + F.cross_entropy(logits_per_text, labels, reduction="sum")
+    ) / (2 * total)
+
+
 class ClipLoss(nn.Module):
     r"""Symmetric InfoNCE as in CLIP (Radford et al. 2021), with OpenCLIP's distributed gather.
 
@@ -246,7 +275,7 @@ class ClipLoss(nn.Module):
                 logits_per_text = logits_per_image.T
                 labels = torch.arange(all_images.shape[0], device=image_features.device)
 
-        return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+        return symmetric_cross_entropy(logits_per_image, logits_per_text, labels)
 
 
 InfoNCELoss = ClipLoss

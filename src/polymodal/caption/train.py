@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from torch import Tensor
 from polymodal.caption.model import CaptionConfig, Captioner, extract_grids
 from polymodal.errors import ConfigError, ShapeError
 from polymodal.text import WordTokenizer
+from polymodal.train.loop import Checkpointer, param_groups, progress_bar, seed_everything, warmup_cosine
 
 __all__ = ["CaptionTrainConfig", "CaptionTrainResult", "caption_loss", "extract_grids", "train_captioner"]
 
@@ -48,8 +50,8 @@ class CaptionTrainConfig:
     Args:
         epochs: Passes over the training pairs.
         batch_size: Pairs per step.
-        lr: AdamW peak learning rate (cosine decay, no warm-up).
-        weight_decay: AdamW weight decay.
+        lr: AdamW peak learning rate (cosine decay to 0, no warm-up).
+        weight_decay: AdamW weight decay of the weight matrices (not of biases, norms and embeddings).
         label_smoothing: See :func:`caption_loss`.
         min_freq: Words seen fewer times become ``<unk>``.
         seed: Initialisation and shuffling seed.
@@ -96,6 +98,9 @@ def train_captioner(
     config: CaptionTrainConfig,
     *,
     on_history: Callable[[dict[str, float]], None] | None = None,
+    progress: bool = False,
+    checkpoint: Path | None = None,
+    resume: bool = False,
 ) -> CaptionTrainResult:
     """Fit a captioner on cached grids.
 
@@ -104,10 +109,14 @@ def train_captioner(
         captions: N captions.
         config: Settings.
         on_history: called with each epoch's history entry as it is recorded (progress).
+        progress: A bar per epoch on stderr.
+        checkpoint: A folder to write a resumable checkpoint to after every epoch
+            (:class:`polymodal.train.loop.Checkpointer`).
+        resume: Continue from ``checkpoint`` exactly as if the run had not stopped (same data and config).
     """
     if grids.dim() != 4 or grids.shape[0] != len(captions):
         raise ShapeError(f"grids {tuple(grids.shape)} and {len(captions)} captions do not pair up")
-    torch.manual_seed(config.seed)
+    seed_everything(config.seed)
     tokenizer = WordTokenizer.build(captions, min_freq=config.min_freq)
     model_cfg = CaptionConfig(
         vocab_size=tokenizer.vocab_size,
@@ -117,15 +126,18 @@ def train_captioner(
     )
     model = Captioner(model_cfg, tokenizer)
     ids = tokenizer.encode(list(captions), max_length=model_cfg.max_length).input_ids  # (N, T)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
     steps_per_epoch = -(-len(captions) // config.batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs * steps_per_epoch)
+    sched = warmup_cosine(opt, warmup_steps=0, total_steps=config.epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(config.seed)
-    history: list[dict[str, float]] = []
+    saver = Checkpointer(checkpoint, settings=asdict(config), kind="caption-checkpoint", optimizer=opt,
+                         scheduler=sched, generators={"data": gen})
+    history: list[dict[str, float]] = list(saver.restore(model)["history"]) if resume else []
     model.train()
-    for epoch in range(config.epochs):
+    for epoch in range(len(history), config.epochs):
         start, total, count = time.perf_counter(), 0.0, 0
-        for idx in torch.randperm(len(captions), generator=gen).split(config.batch_size):
+        batches = torch.randperm(len(captions), generator=gen).split(config.batch_size)
+        for idx in progress_bar(batches, desc=f"epoch {epoch + 1}/{config.epochs}", enabled=progress):
             batch = ids[idx]
             batch = batch[:, : int((batch != tokenizer.pad_id).sum(1).max())]  # trim common padding
             loss = caption_loss(
@@ -141,4 +153,5 @@ def train_captioner(
         history.append({"epoch": epoch + 1, "loss": total / count, "seconds": time.perf_counter() - start})
         if on_history is not None:
             on_history(history[-1])
+        saver.save(model, {"history": history})
     return CaptionTrainResult(model=model.eval(), history=history)

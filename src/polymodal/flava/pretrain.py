@@ -27,8 +27,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -49,7 +49,9 @@ from polymodal.losses import (
     patchify,
 )
 from polymodal.text import WordTokenizer
-from polymodal.train.schedule import warmup_cosine
+from polymodal.train.loop import Checkpointer, log, param_groups, progress_bar, warmup_cosine
+
+__all__ = ["FlavaObjectives", "PretrainLosses", "PretrainResult", "param_groups", "pretrain"]
 
 
 @dataclass
@@ -184,24 +186,6 @@ class FlavaObjectives(nn.Module):
         return self.itm(match_logits, labels)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on weight matrices only, not on biases, norms, tokens and embeddings (BERT, ViT).
-
-    Args:
-        model: the model.
-        weight_decay: decay of the matrices.
-    """
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.dim() < 2 or "embed" in name or "token" in name or name.endswith("pos.weight"):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 @dataclass
 class PretrainResult:
     """What :func:`pretrain` returns.
@@ -226,12 +210,17 @@ def pretrain(
     config: PretrainConfig,
     *,
     on_epoch: Callable[[int], dict[str, float]] | None = None,
+    progress: bool = False,
+    checkpoint: Path | None = None,
+    resume: bool = False,
 ) -> PretrainResult:
     """Pretrain ``model`` in place on image-caption pairs with the weighted objectives.
 
     Every epoch visits every image once in a seeded random order, each time with one of its captions drawn
-    at random (the caption variants are augmentation). AdamW, linear warm-up then cosine decay, gradients
-    clipped at norm 1, the contrastive scale clamped at ``max_logit_scale`` (CLIP).
+    at random (the caption variants are augmentation). AdamW without decay on biases, norms and embeddings,
+    linear warm-up then cosine decay (:mod:`polymodal.train.loop`), gradients clipped at norm 1, the
+    contrastive scale clamped at ``max_logit_scale`` (CLIP). Shuffling, caption choice and masks draw from
+    a generator seeded with ``config.seed``; the model's initialisation is the caller's.
 
     Args:
         model: the model, trained in place.
@@ -241,6 +230,10 @@ def pretrain(
         config: the recipe and loss weights.
         on_epoch: called after each epoch with its number (1-based), e.g. to measure validation metrics;
             its dict is merged into that epoch's history entry.
+        progress: a bar per epoch on stderr (``config.log_every`` lines go to stderr too).
+        checkpoint: a folder to write a resumable checkpoint to after every epoch
+            (:class:`polymodal.train.loop.Checkpointer`).
+        resume: continue from ``checkpoint`` exactly as if the run had not stopped (same ``config``).
     """
     if len(captions) != images.shape[0] or any(not c for c in captions):
         raise ShapeError(
@@ -260,13 +253,20 @@ def pretrain(
         total_steps=total_steps,
         min_ratio=0.01,
     )
-    result = PretrainResult()
-    start = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
+    saver = Checkpointer(checkpoint, settings=asdict(config), kind="flava-pretrain-checkpoint", optimizer=optimizer,
+                         scheduler=scheduler, generators={"data": gen})
+    result, first = PretrainResult(), 1
+    if resume:
+        saved = saver.restore(model)
+        result = PretrainResult(history=list(saved["history"]), seconds=float(saved["seconds"]),
+                                steps=int(saved["steps"]))
+        first = len(result.history) + 1
+    start = time.perf_counter() - result.seconds
+    for epoch in range(first, config.epochs + 1):
         model.train()
         order = torch.randperm(images.shape[0], generator=gen)
         sums: dict[str, float] = {}
-        for step in range(per_epoch):
+        for step in progress_bar(range(per_epoch), desc=f"epoch {epoch}/{config.epochs}", enabled=progress):
             idx = order[step * batch : (step + 1) * batch]
             texts = [
                 captions[i][int(torch.randint(len(captions[i]), (1,), generator=gen))] for i in idx.tolist()
@@ -285,7 +285,7 @@ def pretrain(
             for name, value in out.parts.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
             if config.log_every and result.steps % config.log_every == 0:
-                print(f"  step {result.steps}/{total_steps} loss {float(out.total.detach()):.4f}", flush=True)
+                log(f"  step {result.steps}/{total_steps} loss {float(out.total.detach()):.4f}")
         entry: dict[str, float] = {"epoch": float(epoch)}
         entry.update({k: v / max(1, per_epoch) for k, v in sums.items() if k == "loss" or k in OBJECTIVES})
         if on_epoch is not None:
@@ -295,6 +295,7 @@ def pretrain(
         result.history.append(entry)
         if not all(math.isfinite(v) for v in entry.values()):
             raise FloatingPointError(f"pretrain: non-finite loss at epoch {epoch}: {entry}")
+        saver.save(model, {"history": result.history, "seconds": entry["seconds"], "steps": result.steps})
     result.seconds = time.perf_counter() - start
     model.eval()
     return result

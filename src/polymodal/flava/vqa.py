@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -21,10 +22,9 @@ from torch import Tensor
 from polymodal.data.record import Record
 from polymodal.errors import ConfigError, DataError, ShapeError
 from polymodal.flava.data import pixels, tokenize
-from polymodal.flava.pretrain import param_groups
 from polymodal.flava.vqa_model import FlavaForVqa
 from polymodal.text import WordTokenizer
-from polymodal.train.schedule import warmup_cosine
+from polymodal.train.loop import Checkpointer, param_groups, progress_bar, warmup_cosine
 
 
 @dataclass
@@ -141,8 +141,15 @@ def finetune_vqa(
     config: VqaConfig,
     *,
     on_history: Callable[[dict[str, float]], None] | None = None,
+    progress: bool = False,
+    checkpoint: Path | None = None,
+    resume: bool = False,
 ) -> VqaResult:
     """Train the whole model and head with cross-entropy; keep the best-validation epoch's weights.
+
+    AdamW without decay on biases, norms and embeddings, warm-up then cosine decay
+    (:mod:`polymodal.train.loop`), gradients clipped at norm 1; shuffling draws from a generator seeded
+    with ``config.seed``.
 
     Args:
         model: the VQA model, trained in place.
@@ -150,6 +157,10 @@ def finetune_vqa(
         val: validation split (model selection only).
         config: the recipe.
         on_history: called with each epoch's history entry as it is recorded (progress).
+        progress: a bar per epoch on stderr.
+        checkpoint: a folder to write a resumable checkpoint to after every epoch
+            (:class:`polymodal.train.loop.Checkpointer`).
+        resume: continue from ``checkpoint`` exactly as if the run had not stopped (same ``config``).
     """
     if train.answers.numel() and int(train.answers.max()) >= model.num_answers:
         raise ShapeError(
@@ -163,14 +174,21 @@ def finetune_vqa(
     scheduler = warmup_cosine(
         optimizer, warmup_steps=int(config.warmup_fraction * total), total_steps=total, min_ratio=0.01
     )
+    saver = Checkpointer(checkpoint, settings=asdict(config), kind="flava-vqa-checkpoint", optimizer=optimizer,
+                         scheduler=scheduler, generators={"data": gen})
     result = VqaResult()
     best_state: dict[str, Tensor] | None = None
-    start = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
+    if resume:
+        saved = saver.restore(model)
+        result = VqaResult(history=list(saved["history"]), best_epoch=int(saved["best_epoch"]),
+                           best_val_acc=float(saved["best_val_acc"]), seconds=float(saved["seconds"]))
+        best_state = dict(saved["best_state"])
+    start = time.perf_counter() - result.seconds
+    for epoch in range(len(result.history) + 1, config.epochs + 1):
         model.train()
         order = torch.randperm(len(train), generator=gen)
         loss_sum = 0.0
-        for step in range(per_epoch):
+        for step in progress_bar(range(per_epoch), desc=f"epoch {epoch}/{config.epochs}", enabled=progress):
             idx = order[step * batch : (step + 1) * batch]
             logits = model(train.images[idx], train.input_ids[idx], train.attention_mask[idx])
             loss = F.cross_entropy(logits, train.answers[idx])
@@ -194,6 +212,9 @@ def finetune_vqa(
         if val_acc > result.best_val_acc or best_state is None:
             result.best_epoch, result.best_val_acc = epoch, val_acc
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        saver.save(model, {"history": result.history, "best_epoch": result.best_epoch,
+                           "best_val_acc": result.best_val_acc, "best_state": best_state,
+                           "seconds": result.history[-1]["seconds"]})
     assert best_state is not None
     model.load_state_dict(best_state)
     model.eval()

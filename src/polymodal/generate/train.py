@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,6 +14,7 @@ from torch import Tensor
 from polymodal.errors import ConfigError, ShapeError
 from polymodal.generate.flow import flow_matching_loss
 from polymodal.generate.model import FlowUNet, GeneratorConfig, from_pil, to_pil
+from polymodal.train.loop import Checkpointer, param_groups, progress_bar, seed_everything, warmup_cosine
 
 __all__ = ["GeneratorTrainConfig", "GeneratorTrainResult", "from_pil", "to_pil", "train_generator"]
 
@@ -24,7 +26,7 @@ class GeneratorTrainConfig:
     Args:
         steps: Optimiser steps.
         batch_size: Images per step.
-        lr: AdamW learning rate (cosine decay).
+        lr: AdamW learning rate (cosine decay to 0, no warm-up, no weight decay).
         p_uncond: Condition-dropout probability (classifier-free guidance).
         ema: Decay of the exponential moving average of weights used for sampling (0 = off).
         flip: Random horizontal flips (off for emoji whose meaning has a direction).
@@ -68,6 +70,9 @@ def train_generator(
     config: GeneratorTrainConfig,
     *,
     on_history: Callable[[dict[str, float]], None] | None = None,
+    progress: bool = False,
+    checkpoint: Path | None = None,
+    resume: bool = False,
 ) -> GeneratorTrainResult:
     """Fit a :class:`FlowUNet` by conditional flow matching.
 
@@ -76,10 +81,14 @@ def train_generator(
         cond: ``(N, cond_dim)`` text embeddings, or ``None`` for an unconditional model.
         config: Settings.
         on_history: called with each history entry as it is recorded (progress).
+        progress: A bar over the steps on stderr.
+        checkpoint: A folder to write a resumable checkpoint to at every history row (50 steps)
+            (:class:`polymodal.train.loop.Checkpointer`).
+        resume: Continue from ``checkpoint`` exactly as if the run had not stopped (same data and config).
     """
     if images.dim() != 4 or (cond is not None and cond.shape[0] != images.shape[0]):
         raise ShapeError(f"images {tuple(images.shape)} and cond {None if cond is None else tuple(cond.shape)}")
-    torch.manual_seed(config.seed)
+    seed_everything(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     mcfg = GeneratorConfig(
         image_size=images.shape[-1],
@@ -91,11 +100,15 @@ def train_generator(
     ema = FlowUNet(mcfg)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.steps)
-    history: list[dict[str, float]] = []
-    start, running = time.perf_counter(), 0.0
-    for step in range(1, config.steps + 1):
+    opt = torch.optim.AdamW(param_groups(model, 0.0), lr=config.lr)
+    sched = warmup_cosine(opt, warmup_steps=0, total_steps=config.steps)
+    saver = Checkpointer(checkpoint, settings=asdict(config), kind="generator-checkpoint", optimizer=opt,
+                         scheduler=sched, generators={"data": gen})
+    history: list[dict[str, float]] = list(saver.restore(model, extra={"ema": ema})["history"]) if resume else []
+    first = int(history[-1]["step"]) + 1 if history else 1
+    start, running = time.perf_counter() - (history[-1]["seconds"] if history else 0.0), 0.0
+    for step in progress_bar(range(first, config.steps + 1), desc="flow matching", enabled=progress,
+                             total=config.steps - first + 1):
         idx = torch.randint(0, images.shape[0], (config.batch_size,), generator=gen)
         x = images[idx]
         if config.flip:
@@ -119,4 +132,5 @@ def train_generator(
             if on_history is not None:
                 on_history(history[-1])
             running = 0.0
+            saver.save(model, {"history": history}, extra={"ema": ema})
     return GeneratorTrainResult(model=ema.eval(), history=history)

@@ -27,7 +27,8 @@ from polymodal.models.io import save
 from polymodal.models.protocol import DualEncoder
 from polymodal.models.transfer import TransferConfig
 from polymodal.train.feature_cache import FeatureCache, default_cache_dir
-from polymodal.train.fit import DualEncoderTrainer, FitResult, TrainConfig, check_resume, seed_everything
+from polymodal.train.fit import DualEncoderTrainer, FitResult, TrainConfig, check_resume
+from polymodal.train.loop import seed_everything
 from polymodal.train.trunk_features import attach_transfer, build_support_set
 
 

@@ -26,6 +26,7 @@ from polymodal.models.classifier import (
 )
 from polymodal.models.classifier_encoders import TextEncoderConfig
 from polymodal.models.classifier_inputs import ModalityInputs, featurize, raw_inputs
+from polymodal.train.loop import Checkpointer, param_groups, progress_bar, seed_everything, warmup_cosine
 
 __all__ = [
     "BUILTIN_DATA",
@@ -50,7 +51,7 @@ class Recipe:
     Args:
         epochs: passes over the training split.
         batch_size: examples per step.
-        lr: peak AdamW learning rate (one-cycle: 10 % linear warmup, then cosine to 0).
+        lr: peak AdamW learning rate (10 % linear warm-up, then cosine to 0).
         vqa_sizes: records per split for shapes-vqa (``None``: :func:`load_data`'s default).
         vqa_train_mix: relative frequency of question types in the shapes-vqa training split (types not
             named: 1); validation and test keep the uniform mix.
@@ -228,6 +229,9 @@ def fit_classifier(
     device: str = "cpu",
     select: str = "auto",
     log: Any = None,
+    progress: bool = False,
+    checkpoint: Path | None = None,
+    resume: bool = False,
 ) -> FitResult:
     """Train on ``data.splits["train"]``, keep the epoch with the best accuracy on ``data.splits["val"]``.
 
@@ -240,15 +244,19 @@ def fit_classifier(
         data: needs "train" and "val".
         epochs: passes over the training set.
         batch_size: examples per step.
-        lr: AdamW learning rate (cosine-decayed to 0).
-        weight_decay: AdamW weight decay.
+        lr: peak AdamW learning rate (10 % linear warm-up, then cosine to 0; :mod:`polymodal.train.loop`).
+        weight_decay: AdamW weight decay of the weight matrices (not of biases, norms and embeddings).
         seed: seeds initialisation, shuffling and modality dropout.
         device: torch device.
         select: the validation score that picks the epoch: "all" (accuracy with every modality),
             "missing" (the mean of the accuracy with every modality and with each one missing: a model
             trained for missing modalities is chosen for them too), or "auto" ("missing" when the model
             has modality dropout, else "all").
-        log: optional ``callable(str)`` for progress lines.
+        log: optional ``callable(str)`` for a line per epoch.
+        progress: a bar per epoch on stderr.
+        checkpoint: a folder to write a resumable checkpoint to after every epoch
+            (:class:`polymodal.train.loop.Checkpointer`).
+        resume: continue from ``checkpoint`` exactly as if the run had not stopped (same data and settings).
     """
     if select not in ("auto", "all", "missing"):
         raise ConfigError(f"select must be 'auto', 'all' or 'missing', got {select!r}")
@@ -256,7 +264,7 @@ def fit_classifier(
         if s not in data.splits or not data.splits[s]:
             raise ConfigError(f"{data.name}: training needs a non-empty {s!r} split")
     t0 = time.perf_counter()
-    torch.manual_seed(seed)
+    seed_everything(seed)
     train, val = data.splits["train"], data.splits["val"]
     train_names = sorted({_label_name(r, data.label_names) for r in train})
     labels = tuple(data.label_names) if data.label_names else tuple(train_names)
@@ -266,20 +274,29 @@ def fit_classifier(
     y_train = encode_labels(train, model_labels=labels, label_names=data.label_names, split="train")
     x_val = prepare(config, val, require_all=False)
     y_val = encode_labels(val, model_labels=labels, label_names=data.label_names, split="val")
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr)
     steps = epochs * ((len(train) + batch_size - 1) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
+    sched = warmup_cosine(opt, warmup_steps=int(0.1 * steps), total_steps=steps)
     gen = torch.Generator().manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss()
     if select == "auto":
         select = "missing" if config.modality_dropout > 0 and len(config.modalities) > 1 else "all"
     best_score, best_epoch, best_acc, best_state = -1.0, -1, -1.0, copy.deepcopy(model.state_dict())
-    history = []
-    for epoch in range(epochs):
+    history: list[dict[str, Any]] = []
+    settings = {"config": config.to_dict(), "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                "weight_decay": weight_decay, "seed": seed, "select": select}
+    saver = Checkpointer(checkpoint, settings=settings, kind="classifier-checkpoint", optimizer=opt, scheduler=sched,
+                         generators={"data": gen})
+    if resume:
+        saved = saver.restore(model)
+        history, best_state = list(saved["history"]), dict(saved["best_state"])
+        best_score, best_epoch, best_acc = float(saved["best_score"]), int(saved["best_epoch"]), float(saved["best_acc"])
+    for epoch in range(len(history), epochs):
         model.train()
         order = torch.randperm(len(train), generator=gen)
         total = 0.0
-        for start in range(0, len(train), batch_size):
+        starts = range(0, len(train), batch_size)
+        for start in progress_bar(starts, desc=f"epoch {epoch + 1}/{epochs}", enabled=progress):
             idx = order[start : start + batch_size]
             batch = x_train.select(idx)
             really_present = batch.present
@@ -315,6 +332,8 @@ def fit_classifier(
             log(f"epoch {epoch}: loss {total / len(train):.4f} val acc {val_acc:.4f} score {score:.4f}")
         if score > best_score:  # model selection on the validation split only
             best_score, best_epoch, best_acc, best_state = score, epoch, val_acc, copy.deepcopy(model.state_dict())
+        saver.save(model, {"history": history, "best_state": best_state, "best_score": best_score,
+                           "best_epoch": best_epoch, "best_acc": best_acc})
     model.load_state_dict(best_state)
     model.eval()
     return FitResult(model.cpu(), best_epoch, best_acc, history, time.perf_counter() - t0, select, best_score)
@@ -370,11 +389,12 @@ def train_run(
     aux_loss_weight: float | None = None,
     select: str = "auto",
     log: Any = None,
+    progress: bool = False,
 ) -> FitResult:
     """Load ``data``, build the preset, train with model selection on val, save to ``out``.
 
     ``modality_dropout``, ``dropout_scheme`` and ``aux_loss_weight`` override the preset's when given;
-    ``select`` is :func:`fit_classifier`'s. ``epochs=None`` and the batch size, learning rate and (for
+    ``select``, ``log`` and ``progress`` are :func:`fit_classifier`'s. ``epochs=None`` and the batch size, learning rate and (for
     shapes-vqa) number of training scenes come from :data:`RECIPES`.
     """
     from polymodal.models.build import load_preset
@@ -387,6 +407,7 @@ def train_run(
     recipe = RECIPES.get(data, DEFAULT_RECIPE)
     splits = load_data(data, splits=("train", "val"), vqa_sizes=recipe.vqa_sizes, vqa_train_mix=recipe.vqa_train_mix)
     result = fit_classifier(config, splits, epochs=recipe.epochs if epochs is None else epochs, batch_size=recipe.batch_size,
-                            lr=recipe.lr, seed=seed, device=device, select=select, log=log)  # fmt: skip
+                            lr=recipe.lr, seed=seed, device=device, select=select, log=log,
+                            progress=progress)  # fmt: skip
     save_classifier(result, out, data=data, extra={"preset": preset or default_preset(data, fusion), "seed": seed})
     return result

@@ -11,7 +11,6 @@ preprocessed pixels and the token ids.
 from __future__ import annotations
 
 import math
-import random
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -19,15 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from polymodal.core import distributed
-from polymodal.core.checkpoint import (
-    find_checkpoint_dir,
-    load_train_state,
-    load_weights,
-    save_checkpoint_dir,
-)
+from polymodal.core.checkpoint import find_checkpoint_dir, load_train_state
 from polymodal.core.distributed import broadcast_params
 from polymodal.data.pairs import PairSet
 from polymodal.errors import ConfigError
@@ -36,7 +29,16 @@ from polymodal.models.io import load_trainable
 from polymodal.models.protocol import DualEncoder
 from polymodal.train.feature_cache import FeatureCache
 from polymodal.train.global_batch import run_global_epoch
-from polymodal.train.schedule import warmup_cosine
+from polymodal.train.loop import (
+    check_settings,
+    load_run,
+    log,
+    param_groups,
+    progress_bar,
+    save_run,
+    seed_everything,
+    warmup_cosine,
+)
 from polymodal.train.trunk_features import collate_text_trunks, image_trunk_features, text_trunk_features
 
 
@@ -93,18 +95,9 @@ def check_resume(checkpoint_dir: Path, config: TrainConfig) -> None:
 
 
 def _check_same_settings(found: Path, state: dict[str, Any], config: TrainConfig) -> None:
-    saved = state.get("config")
-    if not isinstance(saved, dict):  # a checkpoint from before settings were saved in it
-        return
-    asked = asdict(config)
-    changed = [k for k, v in asked.items() if k in saved and k not in RESUMABLE_CHANGES and saved[k] != v]
-    if changed:
-        raise ConfigError(
-            f"{found}: cannot resume with other training settings: the checkpoint has "
-            + ", ".join(f"{k}={saved[k]!r}" for k in changed) + "; this run asks for "
-            + ", ".join(f"{k}={asked[k]!r}" for k in changed)
-            + ". Resume with the checkpoint's settings, or train into a new --out folder"
-        )
+    """Raise unless the loop state ``state`` of the checkpoint at ``found`` was trained under ``config``
+    (up to :data:`RESUMABLE_CHANGES`); a checkpoint from before settings were saved in it passes."""
+    check_settings(found, state.get("config"), asdict(config), may_change=RESUMABLE_CHANGES)
 
 
 @dataclass
@@ -115,12 +108,6 @@ class FitResult:
     stopped_early: bool
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 @torch.no_grad()
@@ -151,13 +138,12 @@ class DualEncoderTrainer:
         self.train_text = [[feats[c] for c in caps] for caps in train.captions]
         self.val_text = [feats[c] for c in val.texts]
 
-        tower = [p for n, p in model.named_parameters() if p.requires_grad and n.split(".")[0].endswith("tower")]
-        heads = [p for n, p in model.named_parameters() if p.requires_grad and not n.split(".")[0].endswith("tower")
-                 and n != "logit_scale"]
-        groups = [{"params": heads, "lr": config.lr, "weight_decay": config.weight_decay},
-                  {"params": [model.logit_scale], "lr": config.lr, "weight_decay": 0.0}]
-        if tower:
-            groups.append({"params": tower, "lr": config.tower_lr, "weight_decay": config.weight_decay})
+        # Heads and temperature at ``lr``, unlocked tower blocks at ``tower_lr``; no decay on biases, norms,
+        # embeddings or the temperature (loop.param_groups).
+        named = list(model.named_parameters())
+        in_tower = [n.split(".")[0].endswith("tower") for n, _ in named]
+        groups = (param_groups([np for np, t in zip(named, in_tower) if not t], config.weight_decay, lr=config.lr)
+                  + param_groups([np for np, t in zip(named, in_tower) if t], config.weight_decay, lr=config.tower_lr))
         # An aligner with both towers locked trains only heads over cached pooled features.
         self.heads_only = all(getattr(model.config, k, None) == 0 for k in ("unlock_image", "unlock_text"))
         self.optimizer = torch.optim.AdamW(groups)
@@ -183,8 +169,8 @@ class DualEncoderTrainer:
         view_of = torch.randint(0, len(self.views), (len(order),), generator=g)
         model.train()
         losses = []
-        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-                   disable=not self.progress, leave=False)
+        bar = progress_bar(range(self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                           enabled=self.progress)
         for step in bar:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             if len(idx) < 2:
@@ -218,36 +204,37 @@ class DualEncoderTrainer:
 
     # ------------------------------------------------------------ checkpoint / resume
     def state(self) -> dict[str, Any]:
+        """The loop's records a checkpoint keeps besides the weights, optimiser, schedule and generators."""
         return {
             "epoch": self.epoch,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "history": self.history,
             "best_val_r1": self.best_val_r1,
             "best_epoch": self.best_epoch,
             "best_state": self.best_state,
-            "torch_rng": torch.get_rng_state(),
             "config": asdict(self.config),
         }
 
     def save(self, path: Path, model_config: dict[str, Any]) -> None:
-        save_checkpoint_dir(path, weights=self.model.trainable_state_dict(), state=self.state(),
-                            config={"kind": self.model.config.kind, "model": model_config})
+        """Write the resumable checkpoint folder ``path`` (:func:`polymodal.train.loop.save_run`)."""
+        save_run(path, weights=self.model.trainable_state_dict(), optimizer=self.optimizer,
+                 scheduler=self.scheduler, loop=self.state(),
+                 config={"kind": self.model.config.kind, "model": model_config})
 
     def restore(self, path: Path) -> None:
-        found = find_checkpoint_dir(path)
+        """Continue from the checkpoint at ``path``, refusing one trained under other settings.
+
+        Raises:
+            ConfigError: no checkpoint at ``path``, or other training settings (:func:`check_resume`).
+        """
+        found = load_run(path, optimizer=self.optimizer, scheduler=self.scheduler,
+                         check=lambda where, st: _check_same_settings(where, st, self.config))
         if found is None:
             raise ConfigError(f"{path}: no checkpoint to resume from")
-        st = load_train_state(found)
-        _check_same_settings(found, st, self.config)
-        weights = load_weights(found / "model.safetensors")
-        load_trainable(self.model, weights, source=found)
-        self.optimizer.load_state_dict(st["optimizer"])
-        self.scheduler.load_state_dict(st["scheduler"])
+        load_trainable(self.model, found.weights, source=found.path)
+        st = found.state
         self.epoch, self.history = int(st["epoch"]), list(st["history"])
         self.best_val_r1, self.best_epoch = float(st["best_val_r1"]), int(st["best_epoch"])
         self.best_state = dict(st["best_state"])
-        torch.set_rng_state(st["torch_rng"])
 
     # ------------------------------------------------------------ the loop
     def fit(self, checkpoint_dir: Path | None = None, *, resume: bool = False,
@@ -296,8 +283,8 @@ class DualEncoderTrainer:
             if fixed or r1_i2t > self.best_val_r1:  # a fixed run keeps its last epoch
                 self.best_val_r1, self.best_epoch = r1_i2t, self.epoch
                 self.best_state = self.model.trainable_state_dict()
-            if self.progress:
-                tqdm.write(f"epoch {self.epoch:3d}  loss {loss:.4f}  val R@1 i→t {r1_i2t:.3f}  t→i {r1_t2i:.3f}")
+            log(f"epoch {self.epoch:3d}  loss {loss:.4f}  val R@1 i→t {r1_i2t:.3f}  t→i {r1_t2i:.3f}",
+                enabled=self.progress)
             if checkpoint_dir is not None and distributed.rank() == 0:  # one writer under torchrun
                 self.save(checkpoint_dir, self.model.config.to_dict())
         return False

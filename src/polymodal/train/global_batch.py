@@ -25,11 +25,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from polymodal.core import distributed
-from polymodal.core.distributed import all_reduce_sum, gather_rows, rank_slices
+from polymodal.core.distributed import all_reduce_grads, all_reduce_sum, gather_rows, maybe_fail, rank_slices
+from polymodal.losses import symmetric_cross_entropy
+from polymodal.train.loop import progress_bar
 from polymodal.train.trunk_features import collate_text_trunks
 
 
@@ -39,7 +40,9 @@ def global_clip_loss(img: Tensor, txt: Tensor, scale: Tensor, counts: Sequence[i
     With ``L`` the single-process loss of the ``B = sum(counts)`` rows, the returned terms satisfy
     ``sum over ranks = L`` (``local_loss``: rank ``r`` sums the cross-entropies of its own rows, over
     all ``B`` columns, divided by ``2B``) or ``L / W`` on every rank (full matrix). Either way, summing
-    the ranks' gradients gives ``dL/dθ``.
+    the ranks' gradients gives ``dL/dθ``. On one process both forms equal :class:`polymodal.losses.ClipLoss`;
+    this one gathers rows of unequal counts (a ragged last batch), and both reduce their logits with the
+    shared :func:`polymodal.losses.symmetric_cross_entropy`.
 
     Args:
         img: ``(counts[rank], D)`` this rank's image features (L2-normalised).
@@ -61,14 +64,12 @@ def global_clip_loss(img: Tensor, txt: Tensor, scale: Tensor, counts: Sequence[i
         labels = torch.arange(img.shape[0], device=img.device) + offset  # this rank's rows sit at offset
         per_image = scale * img @ all_txt.T  # (n, B)
         per_text = scale * txt @ all_img.T  # (n, B)
-        loss = (F.cross_entropy(per_image, labels, reduction="sum")
-                + F.cross_entropy(per_text, labels, reduction="sum")) / (2 * total)
+        loss = symmetric_cross_entropy(per_image, per_text, labels, total=total)
         # Keep the gathers in the graph even on a rank with no rows: their backward is a collective.
         return loss + 0.0 * (all_img.sum() + all_txt.sum())
     logits = scale * all_img @ all_txt.T  # (B, B)
     labels = torch.arange(total, device=img.device)
-    loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-    return loss / world
+    return symmetric_cross_entropy(logits, logits.T, labels) / world
 
 
 def _features(model, h_img: Tensor, txt_items: list[Tensor], *, dim: int, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -169,10 +170,6 @@ def run_global_epoch(trainer) -> float:
     Returns:
         The mean over steps of the global-batch loss.
     """
-    from tqdm.auto import tqdm
-
-    from polymodal.core.distributed import all_reduce_grads, maybe_fail
-
     model, cfg = trainer.model, trainer.config
     world, me = distributed.world_size(), distributed.rank()
     g = torch.Generator().manual_seed(cfg.seed * 1000 + trainer.epoch)
@@ -181,8 +178,8 @@ def run_global_epoch(trainer) -> float:
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     losses: list[float] = []
-    bar = tqdm(range(trainer.steps_per_epoch), desc=f"epoch {trainer.epoch + 1}/{cfg.epochs}",
-               disable=not trainer.progress, leave=False)
+    bar = progress_bar(range(trainer.steps_per_epoch), desc=f"epoch {trainer.epoch + 1}/{cfg.epochs}",
+                       enabled=trainer.progress)
     for step in bar:
         idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
         if len(idx) < 2:
