@@ -44,8 +44,7 @@ import faiss
 import numpy as np
 
 from polymodal.errors import ConfigError, DataError, ShapeError
-from polymodal.search import ann
-from polymodal.search.ann import AnnInfo
+from polymodal.search.ann import AnnInfo, ann_search, apply_params, exact_search
 
 FORMAT_VERSION = 1
 DB_NAME = "items.sqlite"
@@ -371,7 +370,7 @@ class SearchIndex:
                 # opening its files; the pointer then names a newer one.
                 if attempt == 2 or read_pointer(root) == gen:
                     raise
-        ann.apply_params(index, info.ann)
+        apply_params(index, info.ann)
         return cls(root, info, con, index)
 
     # ------------------------------------------------------------- properties
@@ -478,7 +477,7 @@ class SearchIndex:
         if where is not None and where.active:
             scores, ids = self._search_filtered(q, k, where)
         else:
-            scores, ids = ann.ann_search(self._index, self.info.ann, q, k, allowed=self._visible_ids)
+            scores, ids = ann_search(self._index, self.info.ann, q, k, allowed=self._visible_ids)
         return self._hits(scores, ids)
 
     def _search_filtered(self, q: np.ndarray, k: int, where: ItemFilter) -> tuple[np.ndarray, np.ndarray]:
@@ -489,8 +488,8 @@ class SearchIndex:
         if len(allowed) <= EXACT_FILTER_MAX:
             with self._lock:
                 ids, vecs = vectors_where(self._con, f"{VISIBLE_SQL} AND {sql}", {**params, "gen": self.generation}, self.dim)
-            return ann.exact_search(vecs, ids, q, k)
-        return ann.ann_search(self._index, self.info.ann, q, k, allowed=allowed)
+            return exact_search(vecs, ids, q, k)
+        return ann_search(self._index, self.info.ann, q, k, allowed=allowed)
 
     def _ids_where(self, sql: str, params: dict[str, Any]) -> np.ndarray:
         with self._lock:

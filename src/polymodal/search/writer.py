@@ -21,8 +21,7 @@ import numpy as np
 
 from polymodal.core.checkpoint import atomic_write_bytes, atomic_write_json
 from polymodal.errors import ConfigError, DataError, ShapeError
-from polymodal.search import ann
-from polymodal.search.ann import AnnConfig, AnnInfo
+from polymodal.search.ann import AnnConfig, AnnInfo, ann_add, ann_remove, apply_params, build_ann, choose_kind
 from polymodal.search.index import (
     DB_NAME,
     FORMAT_VERSION,
@@ -397,7 +396,7 @@ class IndexWriter:
         else rebuilt from the stored vectors. Returns (index, info, tombstones)."""
         cfg = self._ann_config or AnnConfig()
         prev = self.previous
-        kind = ann.choose_kind(count, cfg)
+        kind = choose_kind(count, cfg)
         gen = self.gen
         reuse = (
             not rebuild and prev is not None and prev.model_id == self.model_id and prev.dim == self.dim and prev.ann.kind == kind
@@ -408,20 +407,20 @@ class IndexWriter:
             problem = consistency_problem(self._db, prev, index)
             if problem is not None:  # checked when loaded: adding to a vector index that disagrees corrupts it
                 raise DataError(self.root, f"{problem}; nothing was written; {repair_advice(self.root)}")
-            ann.apply_params(index, prev.ann)
+            apply_params(index, prev.ann)
             removed = np.array([r[0] for r in self._db.execute(
                 "SELECT id FROM items WHERE removed_gen = ?", (gen,))], dtype=np.int64)
             added_ids, added = vectors_where(self._db, "i.added_gen = :gen", {"gen": gen}, self.dim)
-            if not ann.ann_remove(index, kind, removed):
+            if not ann_remove(index, kind, removed):
                 tombstones = prev.tombstones + len(removed)
             else:
                 tombstones = 0
-            ann.ann_add(index, added, added_ids)
+            ann_add(index, added, added_ids)
             if tombstones <= COMPACT_TOMBSTONES * max(1, index.ntotal):
                 info = AnnInfo.from_dict({**prev.ann.to_dict(), "ntotal": int(index.ntotal)})
                 return index, info, tombstones
         ids, vecs = vectors_where(self._db, VISIBLE_SQL, {"gen": gen}, self.dim)
-        built = ann.build_ann(vecs, ids, cfg, kind=kind)
+        built = build_ann(vecs, ids, cfg, kind=kind)
         return built.index, built.info, 0
 
     def _after_commit(self, gen: int) -> None:
