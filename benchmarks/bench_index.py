@@ -1,0 +1,224 @@
+"""``polymodal index build`` end to end against the bare image tower on the same images, and its peak memory.
+
+    python benchmarks/bench_index.py [--images 1000] [--memory-sizes 1000 4000] [--no-onnx]
+
+Writes N synthetic images once into ``--work`` (three in four 640x480 photo-like JPEGs with texture, one
+in four 256x256 PNG drawings; no sample photographs), saves the default aligner (pretrained towers,
+untrained heads: the tower costs what it costs with a trained model), and measures side by side:
+
+- ``tower_images_per_s``: the bare image tower (``model.encode_image`` on preprocessed tensors, batch
+  ``--batch-size``) over the same N images; decoding and preprocessing happen outside the clock.
+- ``index_build_images_per_s``: ``polymodal index build --model M --out I --images DIR`` in its own
+  process, N / wall time from process start to exit (start-up, model load, hashing, decoding, thumbnails,
+  the tower, SQLite and faiss). ``build_images_per_s`` is N / the build's own ``seconds`` (without the
+  process start-up and model load).
+- ``onnxruntime_pipeline_images_per_s`` (if ``onnxruntime`` imports): the same build in this process with
+  the image trunk replaced by ONNX Runtime running the same network (exported as ``bench_image_tower.py``
+  exports it, pooled features, 2 intra-op threads) in the same pipeline, next to polymodal's own trunk
+  in the same pipeline (``pipeline_images_per_s``).
+
+With ``--memory-sizes``, one more JSON line per size: the peak resident set size of an ``index build``
+process (``wait4`` rusage) over that many images, and the ratio to the first size. Prints one JSON line
+per measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+COLOURS = ((200, 40, 40), (40, 160, 60), (40, 70, 200), (230, 200, 40))
+
+
+def synthetic_image(i: int) -> tuple[Image.Image, str]:
+    """Image ``i``: a textured 640x480 photo-like JPEG (3 in 4) or a 256x256 PNG drawing; (image, suffix)."""
+    rng = np.random.default_rng(i)
+    colour = COLOURS[i % len(COLOURS)]
+    if i % 4 == 3:
+        im = Image.new("RGB", (256, 256), "white")
+        d = ImageDraw.Draw(im)
+        r = int(rng.integers(40, 110))
+        (d.rectangle if i % 8 == 3 else d.ellipse)((128 - r, 128 - r, 128 + r, 128 + r), fill=colour)
+        return im, ".png"
+    w, h = 640, 480
+    ramp = np.linspace(0, 1, w, dtype=np.float32)[None, :, None] * rng.integers(40, 215, 3)
+    noise = rng.normal(0, 12, (h, w, 3)).astype(np.float32)  # texture: JPEGs of photo-like size and cost
+    im = Image.fromarray((ramp + rng.integers(0, 40, 3) + noise).clip(0, 255).astype(np.uint8))
+    x, y, r = int(rng.integers(120, w - 120)), int(rng.integers(120, h - 120)), int(rng.integers(40, 110))
+    ImageDraw.Draw(im).ellipse((x - r, y - r, x + r, y + r), fill=colour)
+    return im, ".jpg"
+
+
+def image_folder(work: Path, n: int) -> Path:
+    """``work/images-N`` holding images 0..n-1, written once (a marker file says the folder is complete)."""
+    root = work / f"images-{n}"
+    if (root / ".complete").is_file():
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        im, suffix = synthetic_image(i)
+        im.save(root / f"{i:05d}{suffix}", quality=90)
+    (root / ".complete").write_text("")
+    return root
+
+
+def model_folder(work: Path) -> Path:
+    path = work / "model"
+    if not (path / "config.json").is_file():
+        from polymodal.models.aligner import Aligner, AlignerConfig
+        from polymodal.models.io import save_model
+
+        torch.manual_seed(0)
+        save_model(Aligner(AlignerConfig()), path)
+    return path
+
+
+def tower_images_per_s(model: Any, folder: Path, batch_size: int) -> float:
+    """The bare tower over the folder's images: preprocessing outside the clock, one pass per batch."""
+    from polymodal.data.images import load_image
+    from polymodal.embed import image_paths
+
+    paths = image_paths([folder])
+    spent = 0.0
+    with torch.no_grad():
+        model.encode_image(model.preprocess([load_image(paths[0])] * 2))  # builds the fused runner
+        for i in range(0, len(paths), batch_size):
+            x = model.preprocess([load_image(p) for p in paths[i : i + batch_size]])  # (B, 3, 224, 224)
+            t = time.perf_counter()
+            model.encode_image(x)
+            spent += time.perf_counter() - t
+    return len(paths) / spent
+
+
+def cli_build(model_dir: Path, folder: Path, out: Path, batch_size: int) -> dict[str, Any]:
+    """One ``polymodal index build`` process: wall seconds, peak RSS (MB) and its JSON report."""
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "polymodal", "index", "build", "--model", str(model_dir), "--out", str(out),
+           "--images", str(folder), "--batch-size", str(batch_size), "--json", "--quiet"]
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)  # the rusage of this one child
+    wall = time.perf_counter() - t
+    stdout = proc.stdout.read().decode() if proc.stdout else ""
+    stderr = proc.stderr.read().decode() if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"index build failed: {stderr.strip().splitlines()[-1:]}")
+    report = json.loads(stdout[stdout.index("{"):])
+    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "report": report}
+
+
+def onnx_trunk(model: Any, path: str) -> Any:
+    """A drop-in ``image_trunk`` (B, 3, H, W) -> (B, 1280) that runs the model's tower in ONNX Runtime."""
+    import onnxruntime as ort
+
+    class Pooled(torch.nn.Module):
+        def __init__(self, tower: torch.nn.Module) -> None:
+            super().__init__()
+            self.tower = tower
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.tower.embed(x)  # type: ignore[operator]
+
+    x = torch.randn(2, 3, model.config.image_size, model.config.image_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # As bench_image_tower.py: the TorchScript-based exporter (dynamo needs onnxscript), opset 17.
+        torch.onnx.export(Pooled(model.image_tower).eval(), (x,), path, input_names=["images"], opset_version=17,
+                          dynamo=False, dynamic_axes={"images": {0: "batch"}})
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        err = float((torch.from_numpy(sess.run(None, {"images": x.numpy()})[0]) - model.image_trunk(x)).abs().max())
+    if err > 1e-3:
+        raise SystemExit(f"the ONNX export differs from the tower by {err}")
+    return lambda t: torch.from_numpy(sess.run(None, {"images": t.numpy()})[0])
+
+
+def pipeline_images_per_s(model: Any, folder: Path, out: Path, batch_size: int) -> float:
+    """``update_index`` (what ``index build`` runs) in this process: N / its seconds."""
+    from polymodal.search.ingest import BuildConfig, sources_from_images, update_index
+
+    shutil.rmtree(out, ignore_errors=True)
+    sources = sources_from_images([folder])
+    rep = update_index(model, out, sources, sync=True, config=BuildConfig(batch_size=batch_size))
+    return len(sources) / rep.seconds
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=1000, help="images in the throughput comparison")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--memory-sizes", type=int, nargs="*", default=[],
+                    help="image counts for the peak-memory lines (e.g. 1000 4000 10000)")
+    ap.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run the pipeline with the tower in ONNX Runtime (if installed)")
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "polymodal-bench-index",
+                    help="where the images and the model are kept between runs")
+    args = ap.parse_args()
+    from polymodal.models.io import load
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    model_dir = model_folder(args.work)
+    folder = image_folder(args.work, args.images)
+    model = load(model_dir)
+    tower = tower_images_per_s(model, folder, args.batch_size)
+    run = cli_build(model_dir, folder, args.work / "index", args.batch_size)
+    tower_after = tower_images_per_s(model, folder, args.batch_size)  # the machine's load may change
+    tower_mean = (tower + tower_after) / 2
+    n = run["report"]["count"]
+    line: dict[str, Any] = {
+        "benchmark": "index_build", "images": n, "image_mix": "3/4 640x480 JPEG, 1/4 256x256 PNG",
+        "batch_size": args.batch_size, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "tower_images_per_s": round(tower_mean, 1), "tower_before_after": [round(tower, 1), round(tower_after, 1)],
+        "index_build_images_per_s": round(n / run["wall_s"], 1),
+        "build_images_per_s": round(n / run["report"]["seconds"], 1),
+        "ratio_end_to_end": round(n / run["wall_s"] / tower_mean, 3),
+        "ratio_build": round(n / run["report"]["seconds"] / tower_mean, 3),
+        "wall_s": round(run["wall_s"], 1), "peak_rss_mb": round(run["peak_rss_mb"]),
+    }
+    if args.onnx:
+        try:
+            import onnxruntime
+        except ImportError:
+            line["onnxruntime"] = "not installed"
+        else:
+            ours = pipeline_images_per_s(model, folder, args.work / "index-ours", args.batch_size)
+            with tempfile.TemporaryDirectory() as tmp:
+                model.image_trunk = onnx_trunk(model, os.path.join(tmp, "tower.onnx"))
+                ort_ips = pipeline_images_per_s(model, folder, args.work / "index-ort", args.batch_size)
+            del model.image_trunk  # back to the class's own trunk
+            line.update({"onnxruntime": onnxruntime.__version__, "pipeline_images_per_s": round(ours, 1),
+                         "onnxruntime_pipeline_images_per_s": round(ort_ips, 1),
+                         "ratio_vs_onnxruntime": round(ours / ort_ips, 3)})
+    line["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(line), flush=True)
+    first = None
+    for size in args.memory_sizes:
+        got = cli_build(model_dir, image_folder(args.work, size), args.work / f"index-{size}", args.batch_size)
+        first = first or got["peak_rss_mb"]
+        print(json.dumps({"benchmark": "index_build_memory", "images": got["report"]["count"],
+                          "peak_rss_mb": round(got["peak_rss_mb"]), "vs_first": round(got["peak_rss_mb"] / first, 3),
+                          "wall_s": round(got["wall_s"], 1)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
