@@ -6,16 +6,19 @@ results would be noise that looks like an answer. Text embeddings of recent quer
 of zero-shot labels are cached, per label, for as long as the searcher keeps its model (a server sees the
 same queries and labels again and again, in ever new lists).
 
-Model work runs in two lanes, each one forward pass at a time: queries (a sentence, an image) and labels
-(prompt-ensembled class vectors, :data:`LABEL_BATCH` labels per pass). A request with 512 new labels thus
-never holds up a text query, and no single pass grows with the request.
+Model work runs in three lanes side by side, each one forward pass at a time: text queries, image
+queries, and labels (prompt-ensembled class vectors, :data:`LABEL_BATCH` labels per pass). A request with
+512 new labels or a large upload thus never holds up a text query, and no single pass grows with the
+request. Concurrent text queries are micro-batched (:class:`TextBatcher`): the texts that arrive while the
+text lane is busy, or within ``batch_wait`` seconds of the first, go through the text tower in one pass.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
-from collections.abc import Sequence
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,8 @@ from polymodal.search.index import Hit, ItemFilter, SearchIndex, chunks
 MAX_LABELS = 512  # most labels a zero-shot request may name, and most new ones it may have embedded
 MAX_TEXT_CHARS = 1000
 LABEL_BATCH = 32  # labels per text-tower pass (x templates prompts): bounds one pass's time and memory
+TEXT_BATCH = 32  # most query texts per micro-batched text-tower pass
+TEXT_BATCH_WAIT = 0.002  # seconds the text lane waits for more queries after the first of a batch
 
 
 class LabelsNotReady(PolymodalError):
@@ -71,6 +76,103 @@ class LabelScore:
         return asdict(self)
 
 
+class TextBatcher:
+    """Micro-batching: concurrent callers' texts go through one ``encode`` call, in a thread of its own.
+
+    The lane's thread takes the first waiting request, then every request that arrives before
+    ``max_batch`` texts are gathered or ``wait`` seconds have passed, encodes their distinct texts in one
+    pass and hands each caller its rows. Rows do not depend on the batch (the text tower masks padding),
+    so a caller gets what it would get alone. A request larger than ``max_batch`` runs on its own.
+
+    Args:
+        encode: texts -> (N, D) float32 rows.
+        max_batch: most texts per pass.
+        wait: seconds to wait for more requests after the first.
+    """
+
+    def __init__(self, encode: Callable[[list[str]], np.ndarray], *, max_batch: int = TEXT_BATCH,
+                 wait: float = TEXT_BATCH_WAIT) -> None:
+        if max_batch < 1 or wait < 0:
+            raise ConfigError(f"TextBatcher: need max_batch >= 1 and wait >= 0, got {max_batch}, {wait}")
+        self._encode = encode
+        self.max_batch = max_batch
+        self.wait = wait
+        self._queue: deque[_TextRequest] = deque()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.passes = 0  # forward passes run (for tests and benchmarks)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """(N, D) rows of ``texts``, computed in the next pass of the lane together with other callers' texts."""
+        req = _TextRequest(list(texts))
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("TextBatcher is closed")
+            self._queue.append(req)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="polymodal-text-lane", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        req.done.wait()
+        if req.error is not None:
+            raise req.error
+        assert req.rows is not None
+        return req.rows
+
+    def close(self) -> None:
+        """Stop the lane's thread once the waiting requests are served."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def _next_batch(self) -> list[_TextRequest] | None:
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            batch = [self._queue.popleft()]
+            size = len(batch[0].texts)
+            deadline = time.monotonic() + self.wait
+            while size < self.max_batch:
+                if self._queue:
+                    if size + len(self._queue[0].texts) > self.max_batch:
+                        break
+                    batch.append(self._queue.popleft())
+                    size += len(batch[-1].texts)
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return batch
+
+    def _run(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            unique = list(dict.fromkeys(t for r in batch for t in r.texts))
+            try:
+                rows = dict(zip(unique, self._encode(unique)))
+                self.passes += 1
+                for r in batch:
+                    r.rows = np.stack([rows[t] for t in r.texts]) if r.texts else None
+            except BaseException as e:  # handed to every caller of this pass; the lane goes on
+                for r in batch:
+                    r.error = e
+            for r in batch:
+                r.done.set()
+
+
+class _TextRequest:
+    __slots__ = ("texts", "rows", "error", "done")
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+        self.rows: np.ndarray | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+
 class Searcher:
     """Search an index with its model.
 
@@ -80,13 +182,16 @@ class Searcher:
         templates: prompt templates for zero-shot (default: polymodal.models.prompts.DEFAULT_TEMPLATES).
         cache_size: text queries whose embeddings are kept.
         label_cache_size: zero-shot labels whose class vectors are kept.
+        batch_wait: seconds the text lane waits for concurrent queries to share a pass (0: only those
+            that arrived while the previous pass ran).
 
     Raises:
         ConfigError: the model is not the one that built the index (the message names both ids).
     """
 
     def __init__(self, index: SearchIndex, model: Any, *, templates: Sequence[str] | None = None,
-                 cache_size: int = 1024, label_cache_size: int = 8192, model_name: str = "the query model") -> None:
+                 cache_size: int = 1024, label_cache_size: int = 8192, model_name: str = "the query model",
+                 batch_wait: float = TEXT_BATCH_WAIT) -> None:
         index.check_model(getattr(model, "model_id", None), model_name=model_name)
         from polymodal.models.prompts import DEFAULT_TEMPLATES
 
@@ -98,9 +203,11 @@ class Searcher:
         self._texts: OrderedDict[str, np.ndarray] = OrderedDict()
         self._labels: OrderedDict[str, torch.Tensor] = OrderedDict()  # label -> (D,) class vector
         self._classifiers: OrderedDict[tuple[str, ...], torch.Tensor] = OrderedDict()  # (D, C) of whole lists
-        # One forward pass at a time per lane (torch already spreads one pass over the cores); the two lanes
-        # run side by side, so label work never queues a query.
-        self._query_lock = threading.Lock()
+        # One forward pass at a time per lane (torch already spreads one pass over the cores); the lanes
+        # run side by side, so label work or an image never queues a text query. Text queries are
+        # micro-batched in the text lane's own thread.
+        self._texts_lane = TextBatcher(self._encode_texts, wait=batch_wait)
+        self._image_lock = threading.Lock()
         self._label_lock = threading.Lock()
         self._cache_lock = threading.Lock()  # cache hits never wait for a forward pass
 
@@ -134,9 +241,7 @@ class Searcher:
                 self._texts.move_to_end(t)
         todo = [t for t in dict.fromkeys(texts) if t not in found]
         if todo:
-            with self._query_lock, torch.no_grad():
-                vecs = self.model.encode_text(todo, normalize=True).float().cpu().numpy()  # (U, D)
-            fresh = dict(zip(todo, vecs))
+            fresh = dict(zip(todo, self._texts_lane.encode(todo)))
             with self._cache_lock:
                 for t, v in fresh.items():
                     self._texts[t] = v
@@ -150,8 +255,13 @@ class Searcher:
     def embed_image(self, image: Image.Image | str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         """(1, D) float32 unit vector of one image (a PIL image, a file, or encoded bytes)."""
         im = image if isinstance(image, Image.Image) else load_image(image, max_pixels=max_pixels)
-        with self._query_lock, torch.no_grad():
+        with self._image_lock, torch.no_grad():
             return self.model.encode_image([im], normalize=True).float().cpu().numpy()
+
+    def _encode_texts(self, texts: list[str]) -> np.ndarray:
+        """(N, D) float32 unit vectors: one text-tower pass (run by the text lane)."""
+        with torch.no_grad():
+            return self.model.encode_text(texts, normalize=True).float().cpu().numpy()
 
     # ------------------------------------------------------------- queries
     def by_text(self, text: str, *, k: int = 10, where: ItemFilter | None = None) -> list[Hit]:
@@ -264,6 +374,7 @@ class Searcher:
         return True
 
     def close(self) -> None:
+        self._texts_lane.close()
         self.index.close()
 
 
