@@ -17,8 +17,12 @@ untrained heads: the tower costs what it costs with a trained model), and measur
   exports it, pooled features, 2 intra-op threads) in the same pipeline, next to polymodal's own trunk
   in the same pipeline (``pipeline_images_per_s``).
 
+With ``--compare-workers``, the same in-process build also with decoding inline (``workers=0``, the
+sequential path) and in 2 forked worker processes instead of 2 threads.
+
 With ``--memory-sizes``, one more JSON line per size: the peak resident set size of an ``index build``
-process (``wait4`` rusage) over that many images, and the ratio to the first size. Prints one JSON line
+process over that many images (read by a small intermediate process: Linux keeps a process's peak RSS
+across exec, so a child forked straight from this large process would report at least this one's size), and the ratio to the first size. Prints one JSON line
 per measurement.
 """
 
@@ -109,16 +113,18 @@ def cli_build(model_dir: Path, folder: Path, out: Path, batch_size: int) -> dict
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "polymodal", "index", "build", "--model", str(model_dir), "--out", str(out),
            "--images", str(folder), "--batch-size", str(batch_size), "--json", "--quiet"]
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)  # the rusage of this one child
-    wall = time.perf_counter() - t
-    stdout = proc.stdout.read().decode() if proc.stdout else ""
-    stderr = proc.stderr.read().decode() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"index build failed: {stderr.strip().splitlines()[-1:]}")
-    report = json.loads(stdout[stdout.index("{"):])
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "report": report}
+    # A small intermediate process starts the build and reaps it; its children's peak RSS is the build's.
+    runner = ("import json, os, resource, subprocess, sys, time\n"
+              "t = time.perf_counter()\n"
+              "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+              "print(json.dumps({'rc': p.returncode, 'wall_s': time.perf_counter() - t, 'out': p.stdout,"
+              " 'err': p.stderr[-2000:], 'peak_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))\n")
+    got = json.loads(subprocess.run([sys.executable, "-c", runner, *cmd], capture_output=True, text=True,
+                                    check=True).stdout)
+    if got["rc"] != 0:
+        raise SystemExit(f"index build failed: {got['err'].strip().splitlines()[-1:]}")
+    report = json.loads(got["out"][got["out"].index("{"):])
+    return {"wall_s": got["wall_s"], "peak_rss_mb": got["peak_kb"] / 1024, "report": report}
 
 
 def onnx_trunk(model: Any, path: str) -> Any:
@@ -151,13 +157,13 @@ def onnx_trunk(model: Any, path: str) -> Any:
     return lambda t: torch.from_numpy(sess.run(None, {"images": t.numpy()})[0])
 
 
-def pipeline_images_per_s(model: Any, folder: Path, out: Path, batch_size: int) -> float:
+def pipeline_images_per_s(model: Any, folder: Path, out: Path, batch_size: int, **build: Any) -> float:
     """``update_index`` (what ``index build`` runs) in this process: N / its seconds."""
     from polymodal.search.ingest import BuildConfig, sources_from_images, update_index
 
     shutil.rmtree(out, ignore_errors=True)
     sources = sources_from_images([folder])
-    rep = update_index(model, out, sources, sync=True, config=BuildConfig(batch_size=batch_size))
+    rep = update_index(model, out, sources, sync=True, config=BuildConfig(batch_size=batch_size, **build))
     return len(sources) / rep.seconds
 
 
@@ -169,6 +175,8 @@ def main() -> int:
                     help="image counts for the peak-memory lines (e.g. 1000 4000 10000)")
     ap.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True,
                     help="also run the pipeline with the tower in ONNX Runtime (if installed)")
+    ap.add_argument("--compare-workers", action="store_true",
+                    help="also build with decoding inline and in worker processes instead of threads")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "polymodal-bench-index",
                     help="where the images and the model are kept between runs")
     args = ap.parse_args()
@@ -208,6 +216,11 @@ def main() -> int:
             line.update({"onnxruntime": onnxruntime.__version__, "pipeline_images_per_s": round(ours, 1),
                          "onnxruntime_pipeline_images_per_s": round(ort_ips, 1),
                          "ratio_vs_onnxruntime": round(ours / ort_ips, 3)})
+    if args.compare_workers:
+        for name, build in (("threads_2", {"workers": 2}), ("sequential", {"workers": 0}),
+                            ("processes_2", {"workers": 2, "worker_processes": True}), ("threads_2_again", {"workers": 2})):
+            line[f"pipeline_{name}_images_per_s"] = round(
+                pipeline_images_per_s(model, folder, args.work / "index-cmp", args.batch_size, **build), 1)
     line["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
     print(json.dumps(line), flush=True)
     first = None

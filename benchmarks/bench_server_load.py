@@ -1,23 +1,29 @@
-"""Bounded load test of the search server on loopback: requests/s, latency p50/p99 and errors at 1 and 8 clients.
+"""Bounded load test of the search server on loopback: unique-query throughput and p99 at 1, 8 and 16 clients
+with and without micro-batching, and a 512-label zero-shot request next to a 16-label one.
 
 Prints ONE JSON line. The server is ``polymodal serve`` in its own process on 127.0.0.1, over an index of
 10,000 items (synthetic 384-d vectors written through the index writer, so the set-up does not spend
 minutes embedding images; the query path is the real one: text tower, then faiss, SQLite, JSON). The
 model is the aligner with untrained heads (the towers are the pretrained ones, so text encoding costs
-what it costs with a trained model).
+what it costs with a trained model). Side by side in the same run, the same server with one query per
+text-tower pass (``Searcher(text_batch=1)``: the query path before micro-batching) is the baseline.
 
-Scenarios, each for a fixed duration at 1 and at 8 concurrent connections:
-  - ``search_repeated``: GET /api/search with 50 different queries in turn; after the first round they
-    hit the server's text-embedding cache, so this measures HTTP + vector search + metadata + JSON.
-  - ``search_unique``: every request a new query text, so each one runs the text tower.
-  - ``thumbnail``: GET /api/items/{id}/thumbnail over random ids.
+Scenarios, each for ``--duration`` seconds:
+  - ``search_unique`` at 1, 8 and 16 clients, on both servers: every request a new query text, so each
+    one runs the text tower; ``unique_speedup`` is the batched server's requests/s over the baseline's.
+  - ``search_repeated`` at 8 clients: 50 different queries in turn; after the first round they hit the
+    text-embedding cache, so this measures HTTP + vector search + metadata + JSON.
+  - ``thumbnail`` at 8 clients: GET /api/items/{id}/thumbnail over random ids.
+  - ``zeroshot``: POST /api/zeroshot with 16 and with 512 labels never seen before (``cold``: the labels'
+    prompt ensembles go through the text tower), then the same requests again (``warm``: the per-label
+    cache answers); ``ratio_512_vs_16`` for both.
 
 The load generator is ``wrk`` (Debian package; scripts/install_browser.sh installs it) or, if it is not
 installed, an asyncio + httpx client (the JSON says which). Zero errors is part of the result: the script
 exits with status 1 if any request failed or returned a non-2xx status. The client shares the machine
 with the server (and with anything else running: ``loadavg_1m_after`` says how busy it was).
 
-Usage: python benchmarks/bench_server_load.py [--duration 5] [--items 10000]
+Usage: python benchmarks/bench_server_load.py [--duration 4] [--items 10000] [--no-baseline]
 """
 
 from __future__ import annotations
@@ -78,9 +84,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(index: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "polymodal", "serve", str(index), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+# The baseline server: what `polymodal serve` runs, with one query text per text-tower pass.
+BASELINE_SERVER = """
+import sys
+from polymodal.models.io import load
+from polymodal.search.index import SearchIndex
+from polymodal.search.query import Searcher
+from polymodal.search.server import serve_searcher
+index = SearchIndex.open(sys.argv[1])
+serve_searcher(Searcher(index, load(index.info.model_dir), text_batch=1), port=int(sys.argv[2]))
+"""
+
+
+def start_server(index: Path, port: int, *, baseline: bool = False) -> subprocess.Popen:
+    cmd = ([sys.executable, "-c", BASELINE_SERVER, str(index), str(port)] if baseline else
+           [sys.executable, "-m", "polymodal", "serve", str(index), "--port", str(port)])
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import httpx
 
     deadline = time.monotonic() + 120
@@ -190,36 +209,75 @@ def run_httpx(base: str, scenario: str, clients: int, duration: int, items: int)
             "p99_ms": round(float(np.percentile(latencies, 99)), 2), "errors": errors}
 
 
+def zeroshot_latencies(base: str, counts: tuple[int, ...] = (16, 512)) -> dict:
+    """Seconds of one /api/zeroshot request per label count, with new labels (cold) and then again (warm)."""
+    import httpx
+
+    buf = io.BytesIO()
+    Image.new("RGB", (224, 224), (200, 60, 60)).save(buf, "PNG")
+    files = {"file": ("q.png", buf.getvalue(), "image/png")}
+    tag = os.getpid()
+    out: dict = {}
+    with httpx.Client(base_url=base, timeout=600) as client:
+        for state in ("cold", "warm"):
+            for n in counts:
+                labels = ",".join(f"thing {tag} {n} {i}" for i in range(n))
+                t0 = time.perf_counter()
+                r = client.post("/api/zeroshot", params={"labels": labels, "top": 5}, files=files)
+                seconds = time.perf_counter() - t0
+                if r.status_code != 200:
+                    raise SystemExit(f"zero-shot with {n} labels: {r.status_code} {r.text[:200]}")
+                out.setdefault(state, {})[f"labels_{n}_s"] = round(seconds, 3)
+            got = out[state]
+            got["ratio_512_vs_16"] = round(got[f"labels_{counts[-1]}_s"] / got[f"labels_{counts[0]}_s"], 2)
+    return out
+
+
+def load_runs(base: str, run, scenarios: list[tuple[str, int]], duration: int, items: int) -> list[dict]:
+    run(base, "search_repeated", 1, 1, items)  # warm-up: fills the query cache, builds the tower's runner
+    return [{"scenario": name, "clients": clients, **run(base, name, clients, duration, items)}
+            for name, clients in scenarios]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=int, default=5, help="seconds per scenario and client count")
+    parser.add_argument("--duration", type=int, default=4, help="seconds per scenario and client count")
     parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure the server with one query per text-tower pass")
     args = parser.parse_args()
     tool = "wrk" if shutil.which("wrk") else "httpx-asyncio"
     run = run_wrk if tool == "wrk" else run_httpx
+    unique = [("search_unique", c) for c in (1, 8, 16)]
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         index = make_index(Path(tmp), args.items)
         setup_s = time.perf_counter() - t0
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        server = start_server(index, port)
-        try:
-            run(base, "search_repeated", 1, 1, args.items)  # warm-up: fills the query cache, JITs nothing
-            results = []
-            for scenario in ("search_repeated", "search_unique", "thumbnail"):
-                for clients in (1, 8):
-                    results.append({"scenario": scenario, "clients": clients,
-                                    **run(base, scenario, clients, args.duration, args.items)})
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+        servers = [("batched", False), *([("one_per_pass", True)] if args.baseline else [])]
+        results, zeroshot = [], {}
+        for name, baseline in servers:
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            server = start_server(index, port, baseline=baseline)
+            try:
+                more = [] if baseline else [("search_repeated", 8), ("thumbnail", 8)]
+                results += [{"server": name, **r} for r in load_runs(base, run, unique + more, args.duration,
+                                                                      args.items)]
+                if not baseline:
+                    zeroshot = zeroshot_latencies(base)
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
     total_errors = sum(r["errors"] for r in results)
+    rps = {(r["server"], r["clients"]): r["requests_per_s"] for r in results if r["scenario"] == "search_unique"}
+    speedup = {f"clients_{c}": round(rps[("batched", c)] / rps[("one_per_pass", c)], 2)
+               for c in (1, 8, 16) if ("one_per_pass", c) in rps}
     print(json.dumps({
         "bench": "server_load", "tool": tool, "host": "127.0.0.1", "duration_s": args.duration,
         "index_items": args.items, "index_kind": "flat (exact)", "dim": 384, "k": 20, "cpus": os.cpu_count(),
         "machine": platform.machine(), "loadavg_1m_after": round(os.getloadavg()[0], 2),
-        "setup_s": round(setup_s, 1), "results": results, "errors": total_errors,
+        "setup_s": round(setup_s, 1), "results": results, "unique_speedup": speedup, "zeroshot": zeroshot,
+        "errors": total_errors,
     }))
     if total_errors:
         sys.exit(1)

@@ -184,6 +184,7 @@ class Searcher:
         label_cache_size: zero-shot labels whose class vectors are kept.
         batch_wait: seconds the text lane waits for concurrent queries to share a pass (0: only those
             that arrived while the previous pass ran).
+        text_batch: most query texts per text-lane pass (1: one query per pass, no micro-batching).
 
     Raises:
         ConfigError: the model is not the one that built the index (the message names both ids).
@@ -191,7 +192,7 @@ class Searcher:
 
     def __init__(self, index: SearchIndex, model: Any, *, templates: Sequence[str] | None = None,
                  cache_size: int = 1024, label_cache_size: int = 8192, model_name: str = "the query model",
-                 batch_wait: float = TEXT_BATCH_WAIT) -> None:
+                 batch_wait: float = TEXT_BATCH_WAIT, text_batch: int = TEXT_BATCH) -> None:
         index.check_model(getattr(model, "model_id", None), model_name=model_name)
         from polymodal.models.prompts import DEFAULT_TEMPLATES
 
@@ -206,7 +207,7 @@ class Searcher:
         # One forward pass at a time per lane (torch already spreads one pass over the cores); the lanes
         # run side by side, so label work or an image never queues a text query. Text queries are
         # micro-batched in the text lane's own thread.
-        self._texts_lane = TextBatcher(self._encode_texts, wait=batch_wait)
+        self._texts_lane = TextBatcher(self._encode_texts, max_batch=text_batch, wait=batch_wait)
         self._image_lock = threading.Lock()
         self._label_lock = threading.Lock()
         self._cache_lock = threading.Lock()  # cache hits never wait for a forward pass
