@@ -81,7 +81,8 @@ class TextBatcher:
 
     The lane's thread takes the first waiting request, then every request that arrives before
     ``max_batch`` texts are gathered or ``wait`` seconds have passed, encodes their distinct texts in one
-    pass and hands each caller its rows. Rows do not depend on the batch (the text tower masks padding),
+    pass and hands each caller its rows. It waits only while queries come concurrently (the previous pass
+    served more than one request): a lone client's query runs at once. Rows do not depend on the batch (the text tower masks padding),
     so a caller gets what it would get alone. A request larger than ``max_batch`` runs on its own.
 
     Args:
@@ -101,6 +102,7 @@ class TextBatcher:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._concurrent = False  # the previous pass served more than one request
         self.passes = 0  # forward passes run (for tests and benchmarks)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -134,7 +136,7 @@ class TextBatcher:
                 self._cond.wait()
             batch = [self._queue.popleft()]
             size = len(batch[0].texts)
-            deadline = time.monotonic() + self.wait
+            deadline = time.monotonic() + (self.wait if self._concurrent else 0.0)
             while size < self.max_batch:
                 if self._queue:
                     if size + len(self._queue[0].texts) > self.max_batch:
@@ -146,6 +148,7 @@ class TextBatcher:
                 if left <= 0:
                     break
                 self._cond.wait(left)
+            self._concurrent = len(batch) > 1
             return batch
 
     def _run(self) -> None:
