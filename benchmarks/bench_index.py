@@ -84,10 +84,10 @@ def model_folder(work: Path) -> Path:
     path = work / "model"
     if not (path / "config.json").is_file():
         from polymodal.models.aligner import Aligner, AlignerConfig
-        from polymodal.models.io import save_model
+        from polymodal.models.io import save
 
         torch.manual_seed(0)
-        save_model(Aligner(AlignerConfig()), path)
+        save(Aligner(AlignerConfig()), path)
     return path
 
 
