@@ -89,12 +89,44 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-vqa", action="store_true", help="pretraining metrics only (zero-shot and ITM)")
+    p.add_argument(
+        "--aggregate", type=Path, nargs="+", metavar="OUT",
+        help="instead of training: mean ± standard error over the results.json of these output folders (seeds)",
+    )  # fmt: skip
     p.add_argument("--save-models", action="store_true", help="write every pretrained and VQA model folder")
     return p.parse_args()
 
 
+METRICS: tuple[str, ...] = (
+    "zeroshot_test_top1", "zeroshot_val_top1", "itm_test_hard", "itm_test_random", "itm_val_hard",
+    "itm_val_random", "vqa_test_acc",
+)  # fmt: skip
+
+
+def aggregate(outs: list[Path]) -> str:
+    """A markdown table of mean ± standard error (``s / sqrt(n)``) per run and metric over the folders."""
+    rows: dict[str, dict[str, list[float]]] = {}
+    for out in outs:
+        for name, row in json.loads((out / "results.json").read_text())["runs"].items():
+            for key in METRICS:
+                if row.get(key) is not None:
+                    rows.setdefault(name, {}).setdefault(key, []).append(float(row[key]))
+    lines = ["| run | seeds | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+    for name, metrics in rows.items():
+        cells = []
+        for key in METRICS:
+            v = torch.tensor(metrics.get(key, []), dtype=torch.float64)
+            se = float(v.std() / len(v) ** 0.5) if len(v) > 1 else float("nan")
+            cells.append("-" if len(v) == 0 else f"{float(v.mean()):.3f} ± {se:.3f}")
+        lines.append(f"| {name} | {max(len(m) for m in metrics.values())} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     args = parse_args()
+    if args.aggregate:
+        print(aggregate(args.aggregate))
+        return
     torch.set_num_threads(args.threads)
     names = [n.strip() for n in args.runs.split(",") if n.strip()]
     unknown = [n for n in names if n not in RUNS]
