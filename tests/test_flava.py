@@ -30,6 +30,7 @@ from polymodal.flava import (
     finetune_vqa,
     image_embeddings,
     pretrain,
+    same_text,
     tokenize,
     zeroshot_classify_images,
 )
@@ -290,6 +291,70 @@ def test_hard_negatives_follow_the_similarity():
     assert neg.text_for_image.tolist() == [2, 0, 1] and neg.image_for_text.tolist() == [1, 2, 0]
     with pytest.raises(ShapeError):
         mine_hard_negatives(torch.zeros(1, 1))
+
+
+def test_hard_negatives_skip_pairs_marked_same_and_fall_back_when_nothing_is_left():
+    # Rows 0 and 1 carry the same caption: the contrastive similarity ranks them first, yet neither is a
+    # negative of the other.
+    sim = torch.zeros(4, 4)
+    sim[0, 1] = sim[1, 0] = 30.0
+    same = torch.eye(4, dtype=torch.bool)
+    same[0, 1] = same[1, 0] = True
+    g = _gen(9)
+    for _ in range(200):
+        neg = mine_hard_negatives(sim, same=same, generator=g)
+        assert neg.text_for_image[0] not in (0, 1) and neg.text_for_image[1] not in (0, 1)
+        assert neg.image_for_text[0] not in (0, 1) and neg.image_for_text[1] not in (0, 1)
+    # Everything marked: the draw falls back to any other row instead of failing.
+    neg = mine_hard_negatives(torch.zeros(3, 3), same=torch.ones(3, 3, dtype=torch.bool), generator=g)
+    assert torch.all(neg.text_for_image != torch.arange(3))
+    with pytest.raises(ShapeError, match="same"):
+        mine_hard_negatives(sim, same=torch.ones(3, 3, dtype=torch.bool))
+
+
+def test_same_text_ignores_padding():
+    ids = torch.tensor([[2, 5, 3, 0], [2, 5, 3, 7], [2, 5, 3, 0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 0]])
+    assert same_text(ids, mask).tolist() == [[True, False, True], [False, True, False], [True, False, True]]
+
+
+_COLOURS = {
+    "red": (1, -1, -1), "green": (-1, 1, -1), "blue": (-1, -1, 1), "yellow": (1, 1, -1),
+    "cyan": (-1, 1, 1), "magenta": (1, -1, 1), "white": (1, 1, 1), "black": (-1, -1, -1),
+}  # fmt: skip
+
+
+def _colour_pairs(n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+    """Solid-colour 8x8 images (with pixel noise) and the caption "a <colour> square": trivially separable."""
+    g = _gen(seed)
+    names = list(_COLOURS)
+    idx = torch.randint(len(names), (n,), generator=g)
+    rgb = torch.tensor([_COLOURS[names[i]] for i in idx.tolist()], dtype=torch.float32)
+    images = rgb[:, :, None, None].expand(n, 3, 8, 8) + 0.1 * torch.randn(n, 3, 8, 8, generator=g)
+    return images, [f"a {names[i]} square" for i in idx.tolist()]
+
+
+def test_itm_learns_a_trivially_separable_set_with_the_contrastive_loss_on():
+    # Eight colours, batches of 32: many rows of a batch share a caption. The contrastive similarities rank
+    # those rows first, so before the fix their pairs were drawn as "hard negatives" of each other; ITM saw
+    # the same (image, caption) labelled matched and unmatched, stayed at ln 2 and [CLS_M] collapsed.
+    torch.manual_seed(0)
+    tok = WordTokenizer.build([f"a {c} square" for c in _COLOURS])
+    model = FlavaModel(
+        FlavaConfig(
+            vocab_size=tok.vocab_size, max_text_length=6, image_size=8, patch_size=4, width=32, heads=2,
+            image_layers=1, text_layers=1, multimodal_layers=1, embed_dim=16,
+        )  # fmt: skip
+    )
+    images, texts = _colour_pairs(256, seed=1)
+    config = PretrainConfig(epochs=25, batch_size=32, lr=1e-3, mlm=0, mim=0, mmm=0, seed=0)
+    result = pretrain(model, images, [[t] for t in texts], tok, config)
+    assert result.history[-1]["itm"] < 0.2, [round(h["itm"], 3) for h in result.history]
+    held_images, held_texts = _colour_pairs(128, seed=2)
+    held = tokenize(tok, held_texts, max_length=6)
+    for negatives in ("hard", "random"):
+        acc = evaluate_itm(model, held_images, held.input_ids, held.attention_mask, negatives=negatives)
+        assert acc.accuracy > 0.9, (negatives, acc)
 
 
 def _global_contrastive_by_hand(img: torch.Tensor, txt: torch.Tensor, scale: float) -> float:

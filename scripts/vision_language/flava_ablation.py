@@ -9,8 +9,12 @@ subgroup names) with all five objectives, then with each one removed in turn (we
 * zero-shot OpenMoji group top-1 on the test split, from the unimodal contrastive embeddings and the group
   label texts of :mod:`polymodal.data.openmoji_labels` in the emoji templates (validation top-1 is logged
   per pretraining epoch);
+* image-text matching accuracy of the ITM head (:func:`polymodal.flava.evaluate_itm`) on the validation and
+  test pairs (each image with its plain annotation caption), once with hard negatives mined from the
+  contrastive similarities within batches of 64 and once with random negatives (runs without the
+  contrastive loss mine "hard" negatives from untrained projections, so read their hard column with care);
 * shapes VQA: a head on [CLS_M], the whole model fine-tuned on generated training scenes, the epoch of best
-  validation accuracy kept, accuracy on held-out test scenes.
+  validation accuracy kept, accuracy on held-out test scenes (``--skip-vqa`` leaves it out).
 
 Plus the same architecture trained on VQA alone (random initialisation, same fine-tuning recipe). All sizes
 and epochs are flags; the defaults were chosen to finish in about 30-40 minutes on one core, and every
@@ -41,10 +45,12 @@ from polymodal.flava import (
     PretrainConfig,
     VqaConfig,
     build_vocabulary,
+    evaluate_itm,
     evaluate_vqa,
     finetune_vqa,
     pixels,
     pretrain,
+    tokenize,
     vqa_tensors,
     zeroshot_classify_images,
 )
@@ -82,12 +88,45 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--vqa-lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--skip-vqa", action="store_true", help="pretraining metrics only (zero-shot and ITM)")
+    p.add_argument(
+        "--aggregate", type=Path, nargs="+", metavar="OUT",
+        help="instead of training: mean ± standard error over the results.json of these output folders (seeds)",
+    )  # fmt: skip
     p.add_argument("--save-models", action="store_true", help="write every pretrained and VQA model folder")
     return p.parse_args()
 
 
+METRICS: tuple[str, ...] = (
+    "zeroshot_test_top1", "zeroshot_val_top1", "itm_test_hard", "itm_test_random", "itm_val_hard",
+    "itm_val_random", "vqa_test_acc",
+)  # fmt: skip
+
+
+def aggregate(outs: list[Path]) -> str:
+    """A markdown table of mean ± standard error (``s / sqrt(n)``) per run and metric over the folders."""
+    rows: dict[str, dict[str, list[float]]] = {}
+    for out in outs:
+        for name, row in json.loads((out / "results.json").read_text())["runs"].items():
+            for key in METRICS:
+                if row.get(key) is not None:
+                    rows.setdefault(name, {}).setdefault(key, []).append(float(row[key]))
+    lines = ["| run | seeds | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+    for name, metrics in rows.items():
+        cells = []
+        for key in METRICS:
+            v = torch.tensor(metrics.get(key, []), dtype=torch.float64)
+            se = float(v.std() / len(v) ** 0.5) if len(v) > 1 else float("nan")
+            cells.append("-" if len(v) == 0 else f"{float(v.mean()):.3f} ± {se:.3f}")
+        lines.append(f"| {name} | {max(len(m) for m in metrics.values())} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     args = parse_args()
+    if args.aggregate:
+        print(aggregate(args.aggregate))
+        return
     torch.set_num_threads(args.threads)
     names = [n.strip() for n in args.runs.split(",") if n.strip()]
     unknown = [n for n in names if n not in RUNS]
@@ -151,6 +190,21 @@ def main() -> None:
         )
         return metrics.top1
 
+    # ITM pairs: every held-out image with its plain annotation (the first caption variant).
+    itm_tokens = {
+        split: tokenize(tokenizer, [caps[0] for caps in om[split].captions], max_length=args.max_text_length)
+        for split in ("val", "test")
+    }
+
+    def itm(model: FlavaModel, split: str) -> dict[str, float]:
+        t = itm_tokens[split]
+        return {
+            f"itm_{split}_{neg}": evaluate_itm(
+                model, om_pixels[split], t.input_ids, t.attention_mask, negatives=neg, seed=args.seed
+            ).accuracy
+            for neg in ("hard", "random")
+        }
+
     def log_epoch(run: str, epoch: int, val_top1: float) -> dict[str, float]:
         print(f"[{run}] pretrain epoch {epoch}: val zero-shot top-1 {val_top1:.3f}", flush=True)
         return {"val_zeroshot_top1": val_top1}
@@ -178,8 +232,17 @@ def main() -> None:
             row["weights"] = pcfg.weights
             row["zeroshot_val_top1"] = zeroshot(flava, "val")
             row["zeroshot_test_top1"] = zeroshot(flava, "test")
+            row.update(itm(flava, "val"))
+            row.update(itm(flava, "test"))
+            print(f"[{name}] ITM " + " ".join(f"{k}={v:.3f}" for k, v in row.items() if k.startswith("itm_")))
             if args.save_models:
                 polymodal.save(flava, args.out / name / "pretrained", extra={"weights": pcfg.weights})
+        if args.skip_vqa:
+            row["seconds"] = time.perf_counter() - t0
+            row["cpu_seconds"] = time.process_time() - cpu0
+            results["runs"][name] = row
+            (args.out / "results.json").write_text(json.dumps(results, indent=1))
+            continue
         vqa_model = FlavaForVqa(copy.deepcopy(flava), answers=ANSWERS)
         torch.manual_seed(args.seed + 1)  # the head's initialisation, the same for every run
         vqa_model.head.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
@@ -207,15 +270,21 @@ def main() -> None:
         )
 
     lines = [
-        "| run | zero-shot group top-1 (test) | zero-shot top-1 (val) | VQA test acc | VQA val acc (best epoch) | wall s | CPU s |",
-        "|---|---|---|---|---|---|---|",
+        "| run | zero-shot group top-1 (test) | zero-shot top-1 (val) | ITM test hard / random | ITM val hard / random "
+        "| VQA test acc | VQA val acc (best epoch) | wall s | CPU s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def fmt(row: dict[str, Any], key: str) -> str:
+        return "-" if row.get(key) is None else f"{row[key]:.3f}"
+
     for name, row in results["runs"].items():
-        zs_t = row.get("zeroshot_test_top1")
-        zs_v = row.get("zeroshot_val_top1")
+        vqa_val = "-" if "vqa_val_acc" not in row else f"{row['vqa_val_acc']:.3f} ({row['vqa_best_epoch']})"
         lines.append(
-            f"| {name} | {'-' if zs_t is None else f'{zs_t:.3f}'} | {'-' if zs_v is None else f'{zs_v:.3f}'} | "
-            f"{row['vqa_test_acc']:.3f} | {row['vqa_val_acc']:.3f} ({row['vqa_best_epoch']}) | {row['seconds']:.0f} | {row['cpu_seconds']:.0f} |"
+            f"| {name} | {fmt(row, 'zeroshot_test_top1')} | {fmt(row, 'zeroshot_val_top1')} | "
+            f"{fmt(row, 'itm_test_hard')} / {fmt(row, 'itm_test_random')} | "
+            f"{fmt(row, 'itm_val_hard')} / {fmt(row, 'itm_val_random')} | {fmt(row, 'vqa_test_acc')} | {vqa_val} | "
+            f"{row['seconds']:.0f} | {row['cpu_seconds']:.0f} |"
         )
     lines.append(
         f"\nTotal wall time {time.perf_counter() - start:.0f} s, CPU time {time.process_time():.0f} s "

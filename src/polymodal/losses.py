@@ -694,7 +694,9 @@ class HardNegatives:
 
 
 @torch.no_grad()
-def mine_hard_negatives(similarity: Tensor, *, generator: torch.Generator | None = None) -> HardNegatives:
+def mine_hard_negatives(
+    similarity: Tensor, *, same: Tensor | None = None, generator: torch.Generator | None = None
+) -> HardNegatives:
     r"""Draw one hard negative per image and per text from the contrastive similarities (ALBEF, FLAVA).
 
     For image :math:`i` a text :math:`j \ne i` is drawn with probability
@@ -703,9 +705,18 @@ def mine_hard_negatives(similarity: Tensor, *, generator: torch.Generator | None
     text over the images, with the columns of :math:`s`. The positive is never drawn. Pass the scaled
     logits (``exp(logit_scale) * x @ y.T``) to sample with the contrastive temperature, as ALBEF does.
 
+    ``same`` marks pairs that are positives too although off the diagonal, e.g. two rows of the batch with
+    the same caption or the same image (BLIP, Li et al. 2022, masks same-image pairs the same way). They are
+    never drawn: the contrastive similarities rank exactly these false negatives highest, so without the
+    mask an image's "hard negative" is often its own caption labelled unmatched, the ITM targets contradict
+    each other and the head can only predict a constant. A row whose every other entry is marked (a batch
+    of one repeated pair) falls back to all ``j != i``.
+
     Args:
         similarity: ``(N, N)`` image-to-text similarities, row ``i`` = image ``i``, positive on the diagonal;
             ``N >= 2``.
+        same: optional ``(N, N)`` bool, ``True`` where image ``i`` and text ``j`` also match (symmetric use
+            is up to the caller; the diagonal is always excluded).
         generator: random source for the draws.
     """
     if (
@@ -720,9 +731,21 @@ def mine_hard_negatives(similarity: Tensor, *, generator: torch.Generator | None
     if n < 2:
         raise ShapeError("similarity: hard negatives need at least 2 pairs in the batch")
     eye = torch.eye(n, dtype=torch.bool, device=similarity.device)
-    logits = similarity.detach().float().masked_fill(eye, float("-inf"))  # the positive gets probability 0
-    probs_i2t = logits.softmax(dim=1).cpu()  # (N, N), row i: distribution over texts for image i
-    probs_t2i = logits.T.softmax(dim=1).cpu()  # (N, N), row j: distribution over images for text j
+    excluded = eye
+    if same is not None:
+        if same.shape != similarity.shape or same.dtype != torch.bool:
+            raise ShapeError(f"same: expected bool {tuple(similarity.shape)}, got {same.dtype} {tuple(same.shape)}")
+        excluded = excluded | same.to(similarity.device)
+        # A row (or column) with nothing left to draw keeps only the diagonal excluded.
+        full_rows = excluded.all(dim=1, keepdim=True)
+        full_cols = excluded.all(dim=0, keepdim=True)
+        rows_mask = torch.where(full_rows, eye, excluded)
+        cols_mask = torch.where(full_cols, eye, excluded)
+    else:
+        rows_mask = cols_mask = eye
+    sim = similarity.detach().float()
+    probs_i2t = sim.masked_fill(rows_mask, float("-inf")).softmax(dim=1).cpu()  # row i: over texts for image i
+    probs_t2i = sim.masked_fill(cols_mask, float("-inf")).T.softmax(dim=1).cpu()  # row j: over images for text j
     text_for_image = torch.multinomial(probs_i2t, 1, generator=generator).squeeze(1)  # (N,)
     image_for_text = torch.multinomial(probs_t2i, 1, generator=generator).squeeze(1)  # (N,)
     return HardNegatives(

@@ -8,7 +8,7 @@ by fine-tuning a VQA head on [CLS_M]. Saved and loaded with ``polymodal.save`` /
 """
 
 from polymodal.flava.config import OBJECTIVES, FlavaConfig, PretrainConfig
-from polymodal.flava.data import SPECIAL_IDS, build_vocabulary, pixels, tokenize
+from polymodal.flava.data import SPECIAL_IDS, build_vocabulary, pixels, same_text, tokenize
 from polymodal.flava.heads import ContrastiveHead, MatchingHead, PredictionHead
 from polymodal.flava.image_encoder import FlavaImageEncoder
 from polymodal.flava.matching import MatchingAccuracy, evaluate_itm
@@ -55,6 +55,7 @@ __all__ = [
     "param_groups",
     "pixels",
     "pretrain",
+    "same_text",
     "text_padding_mask",
     "tokenize",
     "vqa_tensors",

@@ -64,3 +64,21 @@ def tokenize(tokenizer: WordTokenizer, texts: Sequence[str], *, max_length: int)
         max_length: longest sequence, specials included (the model's ``max_text_length``).
     """
     return tokenizer.encode(list(texts), max_length=max_length)
+
+
+def same_text(input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """``(B, B)`` bool, ``True`` where texts ``i`` and ``j`` have the same tokens (``i == j`` included).
+
+    Two rows of a batch with one caption are a matched pair across rows too, so neither may serve as the
+    other's negative for image-text matching (:func:`polymodal.losses.mine_hard_negatives`'s ``same``).
+
+    Args:
+        input_ids: ``(B, T)`` token ids.
+        attention_mask: ``(B, T)``, 1 on real tokens; padding positions are ignored.
+    """
+    if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
+        raise ShapeError(
+            f"same_text: expected (B, T) ids and mask, got {tuple(input_ids.shape)} and {tuple(attention_mask.shape)}"
+        )
+    ids = input_ids.masked_fill(~attention_mask.bool(), -1)  # (B, T), padding all alike
+    return (ids[:, None, :] == ids[None, :, :]).all(dim=-1)  # (B, B)

@@ -4,7 +4,8 @@ The ITM head (:class:`~polymodal.flava.heads.MatchingHead` on [CLS_M]) says matc
 positive. Held-out pairs are scored as in pretraining (:mod:`polymodal.flava.pretrain`): within each batch
 of ``B`` pairs, the ``B`` true pairs and, for every image, one unmatched text of the same batch, either
 drawn from the softmax of the contrastive logits with the positive excluded (``"hard"``, ALBEF's mining,
-:func:`~polymodal.losses.mine_hard_negatives`) or uniformly among the others (``"random"``). Accuracy is
+:func:`~polymodal.losses.mine_hard_negatives`) or uniformly among the others (``"random"``); a text identical to the image's own caption is never
+its negative. Accuracy is
 over the ``2B`` pairs (half of them matched), so a constant answer scores 0.5.
 """
 
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor
 
 from polymodal.errors import ConfigError, ShapeError
+from polymodal.flava.data import same_text
 from polymodal.flava.model import FlavaModel
 from polymodal.losses import mine_hard_negatives
 
@@ -84,7 +86,7 @@ def evaluate_itm(
             sim = model.contrastive.logit_scale.exp() * image_e @ text_e.T  # (B, B)
         else:
             sim = torch.zeros(stop - start, stop - start)  # uniform over the other texts
-        neg = mine_hard_negatives(sim, generator=gen).text_for_image  # (B,)
+        neg = mine_hard_negatives(sim, same=same_text(ids, mask), generator=gen).text_for_image  # (B,)
         pos_logits = model.itm_head(model.fuse(image_h, text_h, mask)[:, 0])  # (B,)
         neg_logits = model.itm_head(model.fuse(image_h, text_h[neg], mask[neg])[:, 0])  # (B,)
         hits_pos += int((pos_logits > 0).sum())

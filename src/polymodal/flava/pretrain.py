@@ -7,7 +7,8 @@ runs MLM on text-only and MIM on image-only corpora):
    InfoNCE between the projected [CLS_I] and [CLS_T] (:class:`~polymodal.losses.ClipLoss`).
 2. **ITM** (``itm``): for every image a text and for every text an image is drawn as a hard negative from the
    softmax of the contrastive logits, the positive excluded (:func:`~polymodal.losses.mine_hard_negatives`,
-   ALBEF). To keep the multimodal encoder's batch at ``2B``, even rows contribute (image, its hard negative
+   ALBEF), and so is every other row with the same caption (those are matches, not negatives; the
+   contrastive similarities rank them first, and labelling them unmatched stalls ITM at ln 2). To keep the multimodal encoder's batch at ``2B``, even rows contribute (image, its hard negative
    text) and odd rows (hard negative image, text): ``B`` matched and ``B`` unmatched pairs. The match logit
    is read off [CLS_M].
 3. **MLM** (``mlm``): BERT's 15 % masking with 80/10/10 corruption of the caption; the text encoder's outputs
@@ -35,7 +36,7 @@ from torch import Tensor, nn
 
 from polymodal.errors import ShapeError
 from polymodal.flava.config import OBJECTIVES, PretrainConfig
-from polymodal.flava.data import SPECIAL_IDS, tokenize
+from polymodal.flava.data import SPECIAL_IDS, same_text, tokenize
 from polymodal.flava.model import FlavaModel
 from polymodal.losses import (
     ClipLoss,
@@ -122,7 +123,7 @@ class FlavaObjectives(nn.Module):
                 parts["contrastive"] = self.contrastive(image_e, text_e, scale)
             if w["itm"] > 0:
                 parts["itm"] = self._itm(
-                    model, image_h, text_h, attention_mask, scale.exp() * image_e @ text_e.T, generator
+                    model, image_h, text_h, input_ids, attention_mask, scale.exp() * image_e @ text_e.T, generator
                 )
 
         masked_text = masked_image = None
@@ -166,13 +167,14 @@ class FlavaObjectives(nn.Module):
         model: FlavaModel,
         image_h: Tensor,
         text_h: Tensor,
+        input_ids: Tensor,
         attention_mask: Tensor,
         logits: Tensor,
         generator: torch.Generator | None,
     ) -> Tensor:
         """ITM over ``B`` matched pairs and ``B`` hard-negative pairs (see the module docstring)."""
         b = image_h.shape[0]
-        negatives = mine_hard_negatives(logits, generator=generator)
+        negatives = mine_hard_negatives(logits, same=same_text(input_ids, attention_mask), generator=generator)
         rows = torch.arange(b, device=image_h.device)
         even = rows % 2 == 0
         # Even rows: image i with a hard negative text; odd rows: a hard negative image with text i.
