@@ -79,6 +79,8 @@ BUILTINS: dict[str, Builtin] = {
                       "image-text pairs (photographs with everyday labels; val and test only)", pairs=True),
     "fsdd": Builtin("polymodal.data.fsdd", "load_fsdd", False, "audio with labels (spoken digits)"),
     "avdigits": Builtin("polymodal.data.avdigits", "load_avdigits", True, "images and audio with labels (digits)"),
+    "avclips": Builtin("polymodal.data.avclips", "load_avclips", True,
+                       "MP4 video clips with sound and labels (direction x tone sweep)"),
     "shapes": Builtin("polymodal.data.shapes", "load_shapes", True, "generated scenes: image, caption and sound",
                       kwargs={"kind": "scenes"}),
     "shapes-vqa": Builtin("polymodal.data.shapes", "load_shapes", True,

@@ -44,6 +44,8 @@ from polymodal.models.classifier_encoders import (
     ImageEncoderConfig,
     TextEncoder,
     TextEncoderConfig,
+    VideoEncoder,
+    VideoEncoderConfig,
     encoder_config_from_dict,
     encoder_config_to_dict,
 )
@@ -83,7 +85,7 @@ class ClassifierConfig:
     """A multimodal classifier.
 
     Args:
-        encoders: modality name ("image", "audio", "text") -> encoder config.
+        encoders: modality name ("image", "audio", "text", "video") -> encoder config.
         fusion: the fusion.
         labels: class names, in the order of the logits; filled in from the training data.
         modality_dropout: the modality dropout probability (see ``dropout_scheme``).
@@ -209,6 +211,8 @@ def _build_encoder(config: EncoderConfig) -> nn.Module:
         return AudioEncoder(config)
     if isinstance(config, TextEncoderConfig):
         return TextEncoder(config)
+    if isinstance(config, VideoEncoderConfig):
+        return VideoEncoder(config)
     raise ConfigError(f"no encoder for {type(config).__name__}")  # pragma: no cover - configs are checked
 
 

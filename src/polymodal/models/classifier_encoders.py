@@ -6,7 +6,10 @@ Tokens are ``(B, N, D)``; vector fusions mean-pool them, the cross-modal fusion 
   "left of" can be read off; optionally with coordinate channels, CoordConv, and with the directional
   context of each cell, what lies left of, right of, above and below it);
 - audio: :class:`polymodal.towers.AudioCNN` over log-mels, one token per clip;
-- text: word embeddings with learned positions and a small transformer encoder.
+- text: word embeddings with learned positions and a small transformer encoder;
+- video: :class:`polymodal.towers.VideoEncoder` over the frames (the image encoder above on every
+  frame, a learned position per frame, temporal self-attention, additive attention pooling), one token
+  per frame.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from polymodal.errors import ConfigError, ShapeError
 from polymodal.nn.directional_context import DirectionalContext
 from polymodal.nn.transformer import TransformerEncoder
 from polymodal.towers.audio_cnn import AudioCNN
+from polymodal.towers.video import VideoEncoder as VideoTower
 
 __all__ = [
     "IMAGE_CONTEXTS",
@@ -33,6 +37,8 @@ __all__ = [
     "ImageEncoderConfig",
     "TextEncoder",
     "TextEncoderConfig",
+    "VideoEncoder",
+    "VideoEncoderConfig",
     "encoder_config_from_dict",
 ]
 
@@ -189,13 +195,53 @@ class TextEncoderConfig:
             raise ConfigError(f"TextEncoderConfig.dim={self.dim} must be divisible by heads={self.heads}")
 
 
-EncoderConfig = ImageEncoderConfig | AudioEncoderConfig | TextEncoderConfig
+@dataclass(frozen=True)
+class VideoEncoderConfig:
+    """Video encoder: the conv image encoder on every frame, then attention over time.
+
+    Args:
+        dim: frame feature and token width.
+        channels: frame channels (1 grey, 3 RGB).
+        image_size: frames are resized to this side.
+        widths: the frame encoder's conv widths.
+        num_frames: frames per video (videos with more are sampled uniformly, fewer padded and masked).
+        heads: heads of the self-attention layer across frames; 0 leaves it out.
+    """
+
+    kind: str = "video_cnn"
+    dim: int = 32
+    channels: int = 1
+    image_size: int = 32
+    widths: tuple[int, ...] = (16, 32)
+    num_frames: int = 10
+    heads: int = 4
+
+    def __post_init__(self) -> None:
+        _positive("VideoEncoderConfig", dim=self.dim, num_frames=self.num_frames)
+        object.__setattr__(self, "widths", tuple(self.widths))
+        if isinstance(self.heads, bool) or not isinstance(self.heads, int) or self.heads < 0 or (self.heads and self.dim % self.heads):
+            raise ConfigError(f"VideoEncoderConfig.heads must be an int >= 0 dividing dim={self.dim}, got {self.heads!r}")
+        self.frame_config  # noqa: B018 - checks the frame encoder's settings
+
+    @property
+    def frame_config(self) -> ImageEncoderConfig:
+        """The image encoder applied to every frame."""
+        return ImageEncoderConfig(dim=self.dim, channels=self.channels, image_size=self.image_size, widths=self.widths)
+
+    @property
+    def image_preprocess(self) -> ImagePreprocess:
+        """How a frame enters the frame encoder (the image encoder's preprocessing)."""
+        return self.frame_config.image_preprocess
+
+
+EncoderConfig = ImageEncoderConfig | AudioEncoderConfig | TextEncoderConfig | VideoEncoderConfig
 _ENCODER_CONFIGS: dict[str, type[Any]] = {
     "image_cnn": ImageEncoderConfig,
     "audio_cnn": AudioEncoderConfig,
     "text_transformer": TextEncoderConfig,
+    "video_cnn": VideoEncoderConfig,
 }
-MODALITY_OF_ENCODER = {"image_cnn": "image", "audio_cnn": "audio", "text_transformer": "text"}
+MODALITY_OF_ENCODER = {"image_cnn": "image", "audio_cnn": "audio", "text_transformer": "text", "video_cnn": "video"}
 
 
 def encoder_config_from_dict(d: dict[str, Any]) -> EncoderConfig:
@@ -329,3 +375,37 @@ class TextEncoder(nn.Module):
         tokens = self.encoder(x, key_padding_mask=~valid)  # (B, L, D)
         w = valid.to(tokens.dtype)[..., None]
         return EncodedModality(tokens, valid, (tokens * w).sum(1) / w.sum(1))
+
+
+class _PooledFrames(nn.Module):
+    """An :class:`ImageEncoder` as a frame tower: ``(N, C, H, W)`` -> its pooled ``(N, D)``."""
+
+    def __init__(self, config: ImageEncoderConfig) -> None:
+        super().__init__()
+        self.image = ImageEncoder(config)
+
+    def forward(self, frames: Tensor) -> Tensor:
+        return self.image(frames).pooled
+
+
+class VideoEncoder(nn.Module):
+    """:class:`polymodal.towers.VideoEncoder` with the conv image encoder as its frame tower; one token
+    per frame, the attention-pooled vector as ``pooled``.
+
+    Args:
+        config: the settings.
+    """
+
+    def __init__(self, config: VideoEncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tower = VideoTower(_PooledFrames(config.frame_config), config.dim, max_frames=config.num_frames,
+                                heads=config.heads)
+
+    def forward(self, frames: Tensor, mask: Tensor | None = None) -> EncodedModality:
+        """Encode ``(B, T, C, H, W)`` frames in [0, 1] with a ``(B, T)`` bool mask of real frames."""
+        out = self.tower(frames, mask)
+        b, t = frames.shape[:2]
+        valid = torch.ones(b, t, dtype=torch.bool, device=frames.device) if mask is None else mask.clone()
+        valid[:, 0] = True  # a video without frames (a missing modality) keeps one key for cross-modal attention
+        return EncodedModality(out.frame_features, valid, out.embedding)

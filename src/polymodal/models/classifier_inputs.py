@@ -18,8 +18,14 @@ from torch import Tensor
 
 from polymodal.data.audio import Audio, MelConfig, MelSpectrogram, log_mel, pad_or_trim
 from polymodal.data.record import Record
+from polymodal.data.video import Video, sample_indices
 from polymodal.errors import ConfigError, DataError
-from polymodal.models.classifier_encoders import AudioEncoderConfig, ImageEncoderConfig, TextEncoderConfig
+from polymodal.models.classifier_encoders import (
+    AudioEncoderConfig,
+    ImageEncoderConfig,
+    TextEncoderConfig,
+    VideoEncoderConfig,
+)
 from polymodal.text import WordTokenizer
 
 if TYPE_CHECKING:  # (the classifier imports this module for its inputs)
@@ -33,7 +39,7 @@ class ModalityInputs:
     """Model-ready tensors of a batch.
 
     Args:
-        values: per modality: images ``(B, C, H, W)`` in [0, 1], log-mels ``(B, n_mels, T)``, token ids ``(B, L)``.
+        values: per modality: images ``(B, C, H, W)`` in [0, 1], videos ``(B, T, C, H, W)`` in [0, 1], log-mels ``(B, n_mels, T)``, token ids ``(B, L)``.
         present: per modality, ``(B,)`` bool.
         audio_lengths: ``(B,)`` valid log-mel frames, or ``None`` (all valid).
     """
@@ -74,7 +80,8 @@ class RawInputs:
     """Raw tensors of a set of records.
 
     Args:
-        values: ``image`` ``(N, C, H, W)`` floats in [0, 1]; ``audio`` ``(N, S)`` waveforms padded or cut
+        values: ``image`` ``(N, C, H, W)`` floats in [0, 1]; ``video`` ``(N, T, C, H, W)`` floats in
+            [0, 1] (``T`` frames sampled uniformly from the decoded ones); ``audio`` ``(N, S)`` waveforms padded or cut
             to the encoder's length; ``text`` is not here (see ``texts``).
         texts: the texts ("" where absent), or ``None`` if the model reads no text.
         audio_samples: ``(N,)`` valid samples per waveform, or ``None``.
@@ -91,6 +98,25 @@ def _image_tensor(value: object, c: ImageEncoderConfig, source: str) -> Tensor:
     if not isinstance(value, Image.Image):
         raise DataError(source, f"image must be a decoded PIL image, got {type(value).__name__}")
     return c.image_preprocess.one(value)  # (C, H, W) in [0, 1]
+
+
+def _video_tensor(value: object, c: VideoEncoderConfig, source: str) -> Tensor:
+    """``(T, C, H, W)`` in [0, 1]: ``c.num_frames`` frames spread uniformly over the decoded ones (repeated
+    when the video has fewer), each through the frame encoder's image preprocessing."""
+    if not isinstance(value, Video):
+        raise DataError(source, f"video must be a decoded Video, got {type(value).__name__}")
+    if value.num_frames == 0:
+        raise DataError(source, "the video has no frames")
+    keep = sample_indices(np.arange(value.num_frames, dtype=np.float64), num_frames=c.num_frames, source_fps=value.fps)
+    pre = c.image_preprocess
+    return torch.stack([pre.one(Image.fromarray(value.frames[i])) for i in keep])  # (T, C, H, W)
+
+
+def _audio_of(record: Record) -> object:
+    """The record's audio, or its video's audio track (a labelled folder of MP4 files has only videos)."""
+    if record.audio is not None:
+        return record.audio
+    return getattr(record.video, "audio", None)
 
 
 def _waveform(value: object, c: AudioEncoderConfig, source: str) -> Tensor:
@@ -126,7 +152,8 @@ def raw_inputs(config: ClassifierConfig, records: Sequence[Record], *, require_a
     texts: list[str] | None = None
     audio_samples: Tensor | None = None
     for m, enc in config.encoders.items():
-        mask = torch.tensor([getattr(r, m) is not None for r in records], dtype=torch.bool)
+        get = _audio_of if m == "audio" else (lambda r, m=m: getattr(r, m))
+        mask = torch.tensor([get(r) is not None for r in records], dtype=torch.bool)
         if require_all and not bool(mask.all()):
             bad = records[int((~mask).nonzero()[0, 0])]
             raise DataError(
@@ -141,12 +168,19 @@ def raw_inputs(config: ClassifierConfig, records: Sequence[Record], *, require_a
                 if r.image is not None:
                     out[i] = _image_tensor(r.image, enc, r.source or r.key)
             values[m] = out
+        elif isinstance(enc, VideoEncoderConfig):
+            out = torch.zeros(n, enc.num_frames, enc.channels, enc.image_size, enc.image_size)
+            for i, r in enumerate(records):
+                if r.video is not None:
+                    out[i] = _video_tensor(r.video, enc, r.source or r.key)
+            values[m] = out
         elif isinstance(enc, AudioEncoderConfig):
             out = torch.zeros(n, enc.num_samples)
             lengths = torch.full((n,), enc.num_samples, dtype=torch.int64)
             for i, r in enumerate(records):
-                if r.audio is not None:
-                    w = _waveform(r.audio, enc, r.source or r.key)
+                audio = _audio_of(r)
+                if audio is not None:
+                    w = _waveform(audio, enc, r.source or r.key)
                     lengths[i] = max(1, min(len(w), enc.num_samples))
                     out[i] = pad_or_trim(w, enc.num_samples)
             values[m], audio_samples = out, lengths
@@ -169,7 +203,7 @@ def featurize(config: ClassifierConfig, raw: RawInputs) -> ModalityInputs:
     values: dict[str, Tensor] = {}
     audio_lengths = None
     for m, enc in config.encoders.items():
-        if isinstance(enc, ImageEncoderConfig):
+        if isinstance(enc, ImageEncoderConfig | VideoEncoderConfig):
             values[m] = raw.values[m].clamp(0.0, 1.0)
         elif isinstance(enc, AudioEncoderConfig):
             mel = MelSpectrogram(

@@ -12,7 +12,7 @@ from polymodal.recipes.common import Log, require_model, say
 if TYPE_CHECKING:
     from polymodal.train.classifier_fit import FitResult
 
-CLASSIFIER_DATA = ("avdigits", "shapes-vqa")  # the builtins classifier_fit.load_data reads
+CLASSIFIER_DATA = ("avdigits", "avclips", "shapes-vqa")  # the builtins classifier_fit.load_data reads
 NEEDS = "a labelled multimodal set"
 
 
@@ -30,7 +30,7 @@ def _check_data(data: str | None, command: str) -> str | None:
 def train(data: str, out: str, *, fusion: str = "tensor", preset: str | None = None, epochs: int | None = None,
           seed: int = 0, device: str = "cpu", modality_dropout: float | None = None, dropout_scheme: str | None = None,
           aux_loss_weight: float | None = None, select: str = "auto", log: Log | None = None) -> FitResult:
-    """Train a classifier on ``data`` (builtin:avdigits or builtin:shapes-vqa) and save it to ``out``; the
+    """Train a classifier on ``data`` (builtin:avdigits, builtin:avclips or builtin:shapes-vqa) and save it to ``out``; the
     epoch with the best validation score is kept. ``log`` gets one line per epoch."""
     from polymodal.train.classifier_fit import train_run
 

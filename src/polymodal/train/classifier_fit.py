@@ -41,7 +41,7 @@ __all__ = [
     "predict",
 ]
 
-BUILTIN_DATA: tuple[str, ...] = ("builtin:avdigits", "builtin:shapes-vqa")
+BUILTIN_DATA: tuple[str, ...] = ("builtin:avdigits", "builtin:avclips", "builtin:shapes-vqa")
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ DEFAULT_RECIPE = Recipe(epochs=15, batch_size=64, lr=2e-3)  # avdigits' and any 
 # shapes-vqa: chosen on validation only, on one CPU thread (docs/fusion.md, "shapes VQA on the CPU")
 RECIPES: dict[str, Recipe] = {
     "builtin:avdigits": DEFAULT_RECIPE,
+    "builtin:avclips": Recipe(epochs=10, batch_size=64, lr=2e-3),
     "builtin:shapes-vqa": Recipe(
         epochs=10, batch_size=64, lr=1e-3, vqa_sizes={"train": 80000, "val": 1000}, vqa_train_mix={"relation": 3.0}
     ),
@@ -94,7 +95,8 @@ def load_data(
     """Load a built-in data source.
 
     Args:
-        spec: "builtin:avdigits" (image + spoken digit -> digit) or "builtin:shapes-vqa" (scene + question
+        spec: "builtin:avdigits" (image + spoken digit -> digit), "builtin:avclips" (MP4 clips: motion
+            direction x tone sweep) or "builtin:shapes-vqa" (scene + question
             -> answer word).
         splits: which splits to load.
         vqa_sizes: records per split for shapes-vqa (default train 12000, val 1000, test 2000).
@@ -105,6 +107,10 @@ def load_data(
         from polymodal.data.avdigits import load_avdigits
 
         return DataSplits(spec, {s: load_avdigits(s) for s in splits}, tuple(str(d) for d in range(10)))
+    if spec == "builtin:avclips":
+        from polymodal.data.avclips import AVCLIPS_LABELS, load_avclips
+
+        return DataSplits(spec, {s: load_avclips(s) for s in splits}, AVCLIPS_LABELS)
     if spec == "builtin:shapes-vqa":
         from polymodal.data.shapes import ANSWERS, QUESTION_TYPES, ShapesConfig, load_shapes
 
@@ -365,6 +371,7 @@ def default_preset(data: str, fusion: str) -> str:
     """The preset of ``polymodal fuse train --data DATA --fusion FUSION``.
 
     avdigits: ``fusion-{fusion}`` (fusion kinds, or "image"/"audio" for the unimodal baselines);
+    avclips: ``avclips-{fusion}`` (gated, late, early, or "video"/"audio");
     shapes-vqa: ``vqa-cross`` for "cross_modal", ``vqa-question``/``vqa-image`` for the baselines.
     """
     if data == "builtin:shapes-vqa":
@@ -372,6 +379,8 @@ def default_preset(data: str, fusion: str) -> str:
         if fusion not in table:
             raise ConfigError(f"shapes-vqa models: --fusion one of {sorted(table)}, got {fusion!r}")
         return table[fusion]
+    if data == "builtin:avclips":
+        return f"avclips-{fusion}"
     return f"fusion-{fusion}"
 
 
