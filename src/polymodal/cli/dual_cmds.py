@@ -101,15 +101,16 @@ def train(data, out, preset, unlock, unlock_text, epochs, batch_size, lr, views,
 @click.command()
 @out_option("run folder to write", default="runs/demo")
 @click.option("--resume", is_flag=True, help="continue from OUT's checkpoint")
+@seed_option()
 @json_option
 @quiet_option
-def demo(out, resume, as_json, quiet):
+def demo(out, resume, seed, as_json, quiet):
     """The main job: train the default model on the embedded emoji (OpenMoji, with the Twemoji and Noto
     drawings of its training emoji), evaluate once on OpenMoji's test split and on the photographs and
     other drawing styles, write a report."""
     from polymodal.recipes import dual as recipe
 
-    r = recipe.demo(out, resume=resume, progress=progress_on(quiet, as_json))
+    r = recipe.demo(out, resume=resume, seed=seed, progress=progress_on(quiet, as_json))
     if r is not None:
         _print_run(r, out, as_json)
 
