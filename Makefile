@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: setup setup-dev setup-bench demo test test-all bench lint clean
+.PHONY: setup setup-dev setup-bench demo test test-all bench results lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ test-all: setup-dev
 
 bench: setup-bench
 	$(BIN)/python benchmarks/run_all.py
+
+# Recompute the headline figures of docs/ and compare them with docs/results.json (long; SUITE=avclips for one).
+SUITE ?= all
+results: setup-dev
+	$(BIN)/python scripts/results.py --suite $(SUITE)
 
 lint: setup-dev
 	$(BIN)/ruff check src tests benchmarks
