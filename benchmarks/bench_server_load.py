@@ -23,7 +23,12 @@ installed, an asyncio + httpx client (the JSON says which). Zero errors is part 
 exits with status 1 if any request failed or returned a non-2xx status. The client shares the machine
 with the server (and with anything else running: ``loadavg_1m_after`` says how busy it was).
 
-Usage: python benchmarks/bench_server_load.py [--duration 4] [--items 10000] [--no-baseline]
+With ``--before SRC`` a third server joins the run: ``polymodal serve`` imported from another checkout's
+``src/`` (``git worktree add /tmp/pre18 e4102c7^``: the code issue #18 was filed against), on an index of
+the same synthetic items written by that checkout's own code; ``unique_vs_before`` is the batched server's
+requests/s over it.
+
+Usage: python benchmarks/bench_server_load.py [--duration 4] [--items 10000] [--no-baseline] [--before SRC]
 """
 
 from __future__ import annotations
@@ -55,8 +60,13 @@ def make_index(root: Path, items: int) -> Path:
     import torch
 
     from polymodal.models.aligner import Aligner, AlignerConfig
-    from polymodal.models.io import load, save
+    from polymodal.models.io import load
     from polymodal.search.writer import IndexWriter, NewItem
+
+    try:
+        from polymodal.models.io import save
+    except ImportError:  # a --before source tree from before polymodal.save (issue #17)
+        from polymodal.models.io import save_model as save
 
     torch.manual_seed(0)
     save(Aligner(AlignerConfig()), root / "model")
@@ -96,10 +106,15 @@ serve_searcher(Searcher(index, load(index.info.model_dir), text_batch=1), port=i
 """
 
 
-def start_server(index: Path, port: int, *, baseline: bool = False) -> subprocess.Popen:
+def source_env(src: Path | None) -> dict[str, str] | None:
+    """The environment that imports polymodal from ``src`` (another checkout's ``src/``), or None for this one."""
+    return None if src is None else {**os.environ, "PYTHONPATH": str(src)}
+
+
+def start_server(index: Path, port: int, *, baseline: bool = False, src: Path | None = None) -> subprocess.Popen:
     cmd = ([sys.executable, "-c", BASELINE_SERVER, str(index), str(port)] if baseline else
            [sys.executable, "-m", "polymodal", "serve", str(index), "--port", str(port)])
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=source_env(src))
     import httpx
 
     deadline = time.monotonic() + 120
@@ -245,7 +260,14 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure the server with one query per text-tower pass")
+    parser.add_argument("--before", type=Path, default=None, metavar="SRC",
+                        help="also measure `polymodal serve` of another checkout's src/ (e.g. a git worktree of the "
+                             "commit issue #18 was filed against) on its own index of the same synthetic items")
+    parser.add_argument("--make-index", type=Path, default=None, help=argparse.SUPPRESS)  # for --before
     args = parser.parse_args()
+    if args.make_index is not None:  # runs under the --before checkout: its model and index formats
+        make_index(args.make_index, args.items)
+        return
     tool = "wrk" if shutil.which("wrk") else "httpx-asyncio"
     run = run_wrk if tool == "wrk" else run_httpx
     unique = [("search_unique", c) for c in (1, 8, 16)]
@@ -253,17 +275,22 @@ def main() -> None:
         t0 = time.perf_counter()
         index = make_index(Path(tmp), args.items)
         setup_s = time.perf_counter() - t0
-        servers = [("batched", False), *([("one_per_pass", True)] if args.baseline else [])]
+        servers = [("batched", False, index, None), *([("one_per_pass", True, index, None)] if args.baseline else [])]
+        if args.before is not None:
+            old_root = Path(tmp) / "before"
+            subprocess.run([sys.executable, __file__, "--make-index", str(old_root), "--items", str(args.items)],
+                           check=True, env=source_env(args.before.resolve()))
+            servers.append(("before", False, old_root / "index", args.before.resolve()))
         results, zeroshot = [], {}
-        for name, baseline in servers:
+        for name, baseline, served, src in servers:
             port = free_port()
             base = f"http://127.0.0.1:{port}"
-            server = start_server(index, port, baseline=baseline)
+            server = start_server(served, port, baseline=baseline, src=src)
             try:
-                more = [] if baseline else [("search_repeated", 8), ("thumbnail", 8)]
+                more = [] if baseline or src else [("search_repeated", 8), ("thumbnail", 8)]
                 results += [{"server": name, **r} for r in load_runs(base, run, unique + more, args.duration,
                                                                       args.items)]
-                if not baseline:
+                if name == "batched":
                     zeroshot = zeroshot_latencies(base)
             finally:
                 server.terminate()
@@ -272,11 +299,14 @@ def main() -> None:
     rps = {(r["server"], r["clients"]): r["requests_per_s"] for r in results if r["scenario"] == "search_unique"}
     speedup = {f"clients_{c}": round(rps[("batched", c)] / rps[("one_per_pass", c)], 2)
                for c in (1, 8, 16) if ("one_per_pass", c) in rps}
+    vs_before = {f"clients_{c}": round(rps[("batched", c)] / rps[("before", c)], 2)
+                 for c in (1, 8, 16) if ("before", c) in rps}
     print(json.dumps({
         "bench": "server_load", "tool": tool, "host": "127.0.0.1", "duration_s": args.duration,
         "index_items": args.items, "index_kind": "flat (exact)", "dim": 384, "k": 20, "cpus": os.cpu_count(),
         "machine": platform.machine(), "loadavg_1m_after": round(os.getloadavg()[0], 2),
-        "setup_s": round(setup_s, 1), "results": results, "unique_speedup": speedup, "zeroshot": zeroshot,
+        "setup_s": round(setup_s, 1), "results": results, "unique_speedup": speedup, "unique_vs_before": vs_before,
+        "before_src": None if args.before is None else str(args.before), "zeroshot": zeroshot,
         "errors": total_errors,
     }))
     if total_errors:
