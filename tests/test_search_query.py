@@ -91,6 +91,34 @@ def test_duplicate_texts_in_one_batch_are_embedded_once_and_results_keep_each_ca
         TextBatcher(encode, max_batch=0)
 
 
+def test_a_lone_query_is_encoded_in_its_callers_thread_and_later_ones_batch_behind_it():
+    threads, entered, release = [], threading.Event(), threading.Event()
+
+    def encode(texts):
+        threads.append((threading.current_thread(), list(texts)))
+        if len(threads) == 1:
+            entered.set()
+            assert release.wait(30)
+        return np.ones((len(texts), 2), np.float32)
+
+    lane = TextBatcher(encode, max_batch=8, wait=0.0)
+    first = threading.Thread(target=lane.encode, args=(["a"],))
+    first.start()
+    assert entered.wait(30)
+    rest = [threading.Thread(target=lane.encode, args=([t],)) for t in ("b", "c", "d")]
+    for t in rest:
+        t.start()
+    while len(lane._queue) < len(rest):  # queued behind the caller's own pass, not run beside it
+        threading.Event().wait(0.001)
+    release.set()
+    for t in [first, *rest]:
+        t.join(30)
+    assert threads[0] == (first, ["a"])  # no hand-over to the lane for a query that finds it idle
+    assert len(threads) == 2 and sorted(threads[1][1]) == ["b", "c", "d"] and threads[1][0] not in (first, *rest)
+    assert lane.encode(["e"]).shape == (1, 2) and threads[-1][0] is threading.current_thread()  # idle again
+    lane.close()
+
+
 def test_an_encoding_error_reaches_every_caller_of_the_pass_and_the_lane_goes_on():
     def encode(texts):
         if "bad" in texts:

@@ -79,10 +79,12 @@ class LabelScore:
 class TextBatcher:
     """Micro-batching: concurrent callers' texts go through one ``encode`` call, in a thread of its own.
 
-    The lane's thread takes the first waiting request, then every request that arrives before
-    ``max_batch`` texts are gathered or ``wait`` seconds have passed, encodes their distinct texts in one
-    pass and hands each caller its rows. It waits only while queries come concurrently (the previous pass
-    served more than one request): a lone client's query runs at once. Rows do not depend on the batch (the text tower masks padding),
+    A caller that finds the lane idle (no pass running, nobody waiting) encodes its texts itself, in its
+    own thread: a lone client's query costs no hand-over. Otherwise it queues: the lane's thread takes the
+    first waiting request, then every request that arrives before ``max_batch`` texts are gathered or
+    ``wait`` seconds have passed, encodes their distinct texts in one pass and hands each caller its rows.
+    It waits only while queries come concurrently (the previous pass served more than one request, or
+    requests queued behind a caller's own pass). Rows do not depend on the batch (the text tower masks padding),
     so a caller gets what it would get alone. A request larger than ``max_batch`` runs on its own.
 
     Args:
@@ -103,6 +105,7 @@ class TextBatcher:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._concurrent = False  # the previous pass served more than one request
+        self._busy = False  # a pass is running or being gathered (in the lane or in a caller)
         self.passes = 0  # forward passes run (for tests and benchmarks)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -111,11 +114,23 @@ class TextBatcher:
         with self._cond:
             if self._closed:
                 raise RuntimeError("TextBatcher is closed")
-            self._queue.append(req)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="polymodal-text-lane", daemon=True)
-                self._thread.start()
-            self._cond.notify()
+            inline = not self._busy and not self._queue
+            if inline:
+                self._busy = True
+            else:
+                self._queue.append(req)
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="polymodal-text-lane", daemon=True)
+                    self._thread.start()
+                self._cond.notify()
+        if inline:
+            try:
+                self._serve([req])
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._concurrent = bool(self._queue)  # they came while this pass ran
+                    self._cond.notify_all()
         req.done.wait()
         if req.error is not None:
             raise req.error
@@ -130,10 +145,11 @@ class TextBatcher:
 
     def _next_batch(self) -> list[_TextRequest] | None:
         with self._cond:
-            while not self._queue:
-                if self._closed:
+            while not self._queue or self._busy:
+                if self._closed and not self._queue:
                     return None
                 self._cond.wait()
+            self._busy = True
             batch = [self._queue.popleft()]
             size = len(batch[0].texts)
             deadline = time.monotonic() + (self.wait if self._concurrent else 0.0)
@@ -153,17 +169,24 @@ class TextBatcher:
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
-            unique = list(dict.fromkeys(t for r in batch for t in r.texts))
-            try:
-                rows = dict(zip(unique, self._encode(unique)))
-                self.passes += 1
-                for r in batch:
-                    r.rows = np.stack([rows[t] for t in r.texts]) if r.texts else None
-            except BaseException as e:  # handed to every caller of this pass; the lane goes on
-                for r in batch:
-                    r.error = e
+            self._serve(batch)
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+    def _serve(self, batch: list[_TextRequest]) -> None:
+        """One pass over the distinct texts of ``batch``; each request gets its rows or the pass's error."""
+        unique = list(dict.fromkeys(t for r in batch for t in r.texts))
+        try:
+            rows = dict(zip(unique, self._encode(unique)))
+            self.passes += 1
             for r in batch:
-                r.done.set()
+                r.rows = np.stack([rows[t] for t in r.texts]) if r.texts else None
+        except BaseException as e:  # handed to every caller of this pass; the lane goes on
+            for r in batch:
+                r.error = e
+        for r in batch:
+            r.done.set()
 
 
 class _TextRequest:
