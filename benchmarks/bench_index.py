@@ -1,9 +1,9 @@
 """``polymodal index build`` end to end against the bare image tower on the same images, and its peak memory.
 
-    python benchmarks/bench_index.py [--images 1000] [--memory-sizes 1000 4000] [--no-onnx]
+    python benchmarks/bench_index.py [--images 1000] [--photo-size 2000x1500] [--memory-sizes 1000 4000] [--no-onnx]
 
-Writes N synthetic images once into ``--work`` (three in four 640x480 photo-like JPEGs with texture, one
-in four 256x256 PNG drawings; no sample photographs), saves the default aligner (pretrained towers,
+Writes N synthetic images once into ``--work`` (three in four photo-like JPEGs with texture, 640x480 or
+``--photo-size``, one in four 256x256 PNG drawings; no sample photographs), saves the default aligner (pretrained towers,
 untrained heads: the tower costs what it costs with a trained model), and measures side by side:
 
 - ``tower_images_per_s``: the bare image tower (``model.encode_image`` on preprocessed tensors, batch
@@ -48,8 +48,8 @@ from PIL import Image, ImageDraw
 COLOURS = ((200, 40, 40), (40, 160, 60), (40, 70, 200), (230, 200, 40))
 
 
-def synthetic_image(i: int) -> tuple[Image.Image, str]:
-    """Image ``i``: a textured 640x480 photo-like JPEG (3 in 4) or a 256x256 PNG drawing; (image, suffix)."""
+def synthetic_image(i: int, photo_size: tuple[int, int] = (640, 480)) -> tuple[Image.Image, str]:
+    """Image ``i``: a textured photo-like JPEG of ``photo_size`` (3 in 4) or a 256x256 PNG drawing; (image, suffix)."""
     rng = np.random.default_rng(i)
     colour = COLOURS[i % len(COLOURS)]
     if i % 4 == 3:
@@ -58,23 +58,26 @@ def synthetic_image(i: int) -> tuple[Image.Image, str]:
         r = int(rng.integers(40, 110))
         (d.rectangle if i % 8 == 3 else d.ellipse)((128 - r, 128 - r, 128 + r, 128 + r), fill=colour)
         return im, ".png"
-    w, h = 640, 480
+    w, h = photo_size
     ramp = np.linspace(0, 1, w, dtype=np.float32)[None, :, None] * rng.integers(40, 215, 3)
     noise = rng.normal(0, 12, (h, w, 3)).astype(np.float32)  # texture: JPEGs of photo-like size and cost
     im = Image.fromarray((ramp + rng.integers(0, 40, 3) + noise).clip(0, 255).astype(np.uint8))
-    x, y, r = int(rng.integers(120, w - 120)), int(rng.integers(120, h - 120)), int(rng.integers(40, 110))
+    k = min(w, h) / 480  # the disc scales with the photo (k = 1 at 640x480, as before)
+    x, y = int(rng.integers(120 * k, w - 120 * k)), int(rng.integers(120 * k, h - 120 * k))
+    r = int(rng.integers(40 * k, 110 * k))
     ImageDraw.Draw(im).ellipse((x - r, y - r, x + r, y + r), fill=colour)
     return im, ".jpg"
 
 
-def image_folder(work: Path, n: int) -> Path:
-    """``work/images-N`` holding images 0..n-1, written once (a marker file says the folder is complete)."""
-    root = work / f"images-{n}"
+def image_folder(work: Path, n: int, photo_size: tuple[int, int] = (640, 480)) -> Path:
+    """``work/images-N`` (``images-N-WxH`` for other photo sizes) holding images 0..n-1, written once (a marker
+    file says the folder is complete)."""
+    root = work / (f"images-{n}" if photo_size == (640, 480) else f"images-{n}-{photo_size[0]}x{photo_size[1]}")
     if (root / ".complete").is_file():
         return root
     root.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        im, suffix = synthetic_image(i)
+        im, suffix = synthetic_image(i, photo_size)
         im.save(root / f"{i:05d}{suffix}", quality=90)
     (root / ".complete").write_text("")
     return root
@@ -167,10 +170,22 @@ def pipeline_images_per_s(model: Any, folder: Path, out: Path, batch_size: int, 
     return len(sources) / rep.seconds
 
 
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH, e.g. 2000x1500, got {text!r}") from None
+    if w < 256 or h < 256:
+        raise argparse.ArgumentTypeError(f"photos must be at least 256x256, got {text!r}")
+    return w, h
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=1000, help="images in the throughput comparison")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--photo-size", type=_size, default=(640, 480), metavar="WxH",
+                    help="size of the JPEG photos (real photo folders are mostly 4000x3000-ish JPEGs)")
     ap.add_argument("--memory-sizes", type=int, nargs="*", default=[],
                     help="image counts for the peak-memory lines (e.g. 1000 4000 10000)")
     ap.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True,
@@ -184,7 +199,7 @@ def main() -> int:
 
     args.work.mkdir(parents=True, exist_ok=True)
     model_dir = model_folder(args.work)
-    folder = image_folder(args.work, args.images)
+    folder = image_folder(args.work, args.images, args.photo_size)
     model = load(model_dir)
     tower = tower_images_per_s(model, folder, args.batch_size)
     run = cli_build(model_dir, folder, args.work / "index", args.batch_size)
@@ -192,7 +207,8 @@ def main() -> int:
     tower_mean = (tower + tower_after) / 2
     n = run["report"]["count"]
     line: dict[str, Any] = {
-        "benchmark": "index_build", "images": n, "image_mix": "3/4 640x480 JPEG, 1/4 256x256 PNG",
+        "benchmark": "index_build", "images": n,
+        "image_mix": f"3/4 {args.photo_size[0]}x{args.photo_size[1]} JPEG, 1/4 256x256 PNG",
         "batch_size": args.batch_size, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
         "machine": platform.machine(),
         "tower_images_per_s": round(tower_mean, 1), "tower_before_after": [round(tower, 1), round(tower_after, 1)],
@@ -225,7 +241,7 @@ def main() -> int:
     print(json.dumps(line), flush=True)
     first = None
     for size in args.memory_sizes:
-        got = cli_build(model_dir, image_folder(args.work, size), args.work / f"index-{size}", args.batch_size)
+        got = cli_build(model_dir, image_folder(args.work, size, args.photo_size), args.work / f"index-{size}", args.batch_size)
         first = first or got["peak_rss_mb"]
         print(json.dumps({"benchmark": "index_build_memory", "images": got["report"]["count"],
                           "peak_rss_mb": round(got["peak_rss_mb"]), "vs_first": round(got["peak_rss_mb"] / first, 3),

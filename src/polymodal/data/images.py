@@ -38,11 +38,13 @@ def load_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     background: Sequence[int] = (255, 255, 255),
     name: str | None = None,
+    min_size: tuple[int, int] | None = None,
 ) -> Image.Image:
     """Decode an image into an upright, 8-bit RGB ``PIL.Image.Image``.
 
     Steps, in order: identify the format from the header; refuse images whose header size
-    (width * height) is over ``max_pixels`` before any pixel is decoded; decode; apply the EXIF
+    (width * height) is over ``max_pixels`` before any pixel is decoded; with ``min_size``, have a
+    JPEG decoded reduced (below); decode; apply the EXIF
     orientation (``ImageOps.exif_transpose``) so that a sideways phone photo comes out upright;
     convert to RGB. Transparent images (RGBA, LA, PA, palette or L/RGB with a ``transparency``
     entry) are composited onto ``background``; 16-bit and 32-bit grayscale are rescaled to 8 bits
@@ -56,6 +58,13 @@ def load_image(
         background: RGB colour (three ints in 0..255) that transparent pixels are composited on.
         name: what to call the image in error messages when ``source`` is bytes
             (defaults to ``"<bytes>"``); ignored for paths.
+        min_size: ``(shorter, longer)``: the smallest sides the caller needs (a model's
+            :attr:`~polymodal.data.pixels.ImagePreprocess.min_source_size`). A JPEG is then decoded at
+            1/2, 1/4 or 1/8 scale in the DCT domain (Pillow's ``draft``), the strongest reduction that
+            keeps its shorter side >= ``shorter`` and its longer side >= ``longer``, so a 4000x3000 photo
+            costs a fraction of its full decode and nothing downstream is upscaled. Other formats, and
+            ``None`` (the default: training data and anything that needs every pixel), decode at full
+            size. The pixel limit is applied to the size in the header either way.
 
     Returns:
         A new RGB image, independent of any open file.
@@ -80,10 +89,13 @@ def load_image(
     if not data:
         raise DataError(label, "not an image (empty file)")
 
-    im = _open(io.BytesIO(data), label, max_pixels)
+    reduce = _check_min_size(min_size)
+    im = _open(io.BytesIO(data), label, max_pixels)  # the pixel limit sees the full size, before draft
     try:
         fmt = im.format or "image"
         try:
+            if reduce is not None and im.format in ("JPEG", "MPO"):
+                _draft(im, reduce)
             im.load()
             # Orientation is applied after decoding: PNG may carry its EXIF block after the pixels.
             # exif_transpose copies the image even when there is nothing to do, so check first.
@@ -115,7 +127,8 @@ class LoadedImages:
 
 
 def load_images(
-    paths: Sequence[str | Path], *, strict: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
+    paths: Sequence[str | Path], *, strict: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_size: tuple[int, int] | None = None,
 ) -> LoadedImages:
     """Decode each file with :func:`load_image`; one that cannot be read is skipped and reported.
 
@@ -126,11 +139,12 @@ def load_images(
         paths: the files.
         strict: raise the first file's :class:`DataError` instead of skipping it.
         max_pixels: size limit passed to :func:`load_image`.
+        min_size: smallest sides needed, passed to :func:`load_image` (JPEGs decode reduced to it).
     """
     out = LoadedImages()
     for i, path in enumerate(paths):
         try:
-            out.images.append(load_image(path, max_pixels=max_pixels))
+            out.images.append(load_image(path, max_pixels=max_pixels, min_size=min_size))
         except DataError as e:
             if strict:
                 raise
@@ -214,6 +228,28 @@ def _check_background(background: Sequence[int]) -> tuple[int, int, int]:
     if len(bg) != 3 or not all(0 <= c <= 255 for c in bg):
         raise ConfigError(f"background must be three ints in 0..255 (RGB), got {background!r}")
     return bg[0], bg[1], bg[2]
+
+
+def _check_min_size(min_size: tuple[int, int] | None) -> tuple[int, int] | None:
+    if min_size is None:
+        return None
+    sides = tuple(min_size) if isinstance(min_size, Sequence) else ()
+    if len(sides) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sides):
+        raise ConfigError(f"min_size must be two positive ints (shorter, longer), got {min_size!r}")
+    return sides[0], sides[1]
+
+
+def _draft(im: Image.Image, min_size: tuple[int, int]) -> None:
+    """Ask the JPEG decoder for the smallest 1/1, 1/2, 1/4 or 1/8 scale that keeps both needed sides.
+
+    Pillow picks the largest factor s with ``s <= width // want_w`` and ``s <= height // want_h``, and the
+    result is ``ceil(width / s) x ceil(height / s)``, so each side stays >= what was asked for it. The sides
+    are matched by length, not by axis: the EXIF rotation applied after decoding swaps width and height but
+    not which side is shorter.
+    """
+    short, long = min_size
+    w, h = im.size
+    im.draft("RGB", (short, long) if w <= h else (long, short))
 
 
 def _read_file(path: Path) -> bytes:

@@ -287,6 +287,21 @@ class ImagePreprocess:
         return (f"pixels:{self.size}:{framing}:{self.resample}:{'rgb' if self.channels == 3 else 'grey'}:"
                 f"alpha-{self.alpha}:x/{n.scale:g}:{stats}")
 
+    @property
+    def min_source_size(self) -> tuple[int, int]:
+        """``(shorter, longer)``: the smallest image sides :meth:`frame` reduces from without upscaling.
+
+        ``"crop"`` resizes the shorter side to ``resize or size``; ``"pad"`` pads to a square of the longer
+        side and resizes that to ``size``; ``"squash"`` resizes each side to ``size``. An image at least this
+        large is only ever shrunk, which is what :func:`~polymodal.data.images.load_image` needs to know to
+        decode a JPEG reduced (``min_size``) without changing what the model sees beyond resampling noise.
+        """
+        if self.fit == "crop":
+            return self.resize or self.size, self.resize or self.size
+        if self.fit == "pad":
+            return 1, self.size
+        return self.size, self.size
+
     def with_size(self, size: int) -> ImagePreprocess:
         """The same pipeline at another output side (a ``"crop"`` keeps its margin ``resize - size``)."""
         resize = None if self.resize is None else self.resize - self.size + size

@@ -163,16 +163,18 @@ def zeroshot(model_dir: str, labels: list[str], images: list[str], *, support: b
              strict: bool = False) -> Zeroshot:
     """Zero-shot labels for images from label texts; an unreadable image is skipped and listed."""
     from polymodal.data.images import load_images
+    from polymodal.embed import decode_size
     from polymodal.models.io import load
 
     require_model(model_dir, command="zeroshot")
     if not labels:
         raise ConfigError("zeroshot needs at least one label text")
-    loaded = load_images(images, strict=strict)
+    model = load(model_dir)
+    # Decoded as `embed` and `index build` decode files for this model (JPEGs reduced to its input size).
+    loaded = load_images(images, strict=strict, min_size=decode_size(model))
     if not loaded.images:
         raise DataError(images[0] if len(images) == 1 else None,
                         "no readable image: " + "; ".join(str(b) for b in loaded.bad[:3]))
-    model = load(model_dir)
     results = model.zeroshot(loaded.images, labels, support=support)
     return Zeroshot([(images[i], r) for i, r in zip(loaded.kept, results)], list(loaded.bad))
 

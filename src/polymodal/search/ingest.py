@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from polymodal.data.images import DEFAULT_MAX_PIXELS, load_image
-from polymodal.embed import default_workers, encode_prepared, image_paths, ordered_map
+from polymodal.embed import decode_size, default_workers, encode_prepared, image_paths, ordered_map
 from polymodal.errors import ConfigError, DataError
 from polymodal.search.ann import AnnConfig
 from polymodal.search.index import Item
@@ -382,6 +382,13 @@ class _Prepared:
 def _preparer(model: Any, config: BuildConfig) -> Callable[[tuple[str, str]], _Prepared]:
     """The per-file work of a build, run by the workers: read, check the hash, decode, preprocess, thumbnail."""
     preprocess = getattr(model, "preprocess", None)
+    # Decoded as `polymodal embed` decodes (a JPEG reduced to what the model needs), so an index's vectors
+    # are embed's vectors of the same files. The reduced image also serves the thumbnail when it is at least
+    # the thumbnail's size on its longer side, which it always is when the model needs more (192 px
+    # thumbnails, 256 px for the aligner's crop); a larger thumb_size decodes the file again for it.
+    min_size = decode_size(model)
+    thumb_min = (1, config.thumb_size)
+    thumb_more = min_size is not None and config.thumb_size > max(min_size)  # reduced images may be too small
 
     def prepare(todo: tuple[str, str]) -> _Prepared:
         digest, path = todo
@@ -389,13 +396,16 @@ def _preparer(model: Any, config: BuildConfig) -> Callable[[tuple[str, str]], _P
             data = Path(path).read_bytes()
             if _digest(data) != digest:
                 raise DataError(path, "file changed while the index was being built; run the build again")
-            im = load_image(data, max_pixels=config.max_pixels, name=path)
+            im = load_image(data, max_pixels=config.max_pixels, name=path, min_size=min_size)
+            thumb_src = im
+            if thumb_more and max(im.size) < config.thumb_size:
+                thumb_src = load_image(data, max_pixels=config.max_pixels, name=path, min_size=thumb_min)
         except OSError as e:
             return _Prepared(digest, path, problem=f"cannot read file ({e.strerror or e})")
         except DataError as e:
             return _Prepared(digest, path, problem=e.problem)
         pixels = preprocess([im])[0] if preprocess is not None else im  # (3, H, W), or the image itself
-        return _Prepared(digest, path, pixels, make_thumbnail(im, config.thumb_size))
+        return _Prepared(digest, path, pixels, make_thumbnail(thumb_src, config.thumb_size))
 
     return prepare
 

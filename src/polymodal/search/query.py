@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from polymodal.data.images import DEFAULT_MAX_PIXELS, load_image
+from polymodal.embed import decode_size
 from polymodal.errors import ConfigError, PolymodalError
 from polymodal.search.index import Hit, ItemFilter, SearchIndex, chunks
 
@@ -224,6 +225,8 @@ class Searcher:
 
         self.index = index
         self.model = model.eval()
+        # How large image files and uploads are decoded for this model: as `index build` decodes them.
+        self.decode_size = decode_size(model)
         self.templates = list(templates or DEFAULT_TEMPLATES)
         self._cache_size = cache_size
         self._label_cache_size = label_cache_size
@@ -281,7 +284,8 @@ class Searcher:
 
     def embed_image(self, image: Image.Image | str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         """(1, D) float32 unit vector of one image (a PIL image, a file, or encoded bytes)."""
-        im = image if isinstance(image, Image.Image) else load_image(image, max_pixels=max_pixels)
+        im = image if isinstance(image, Image.Image) else load_image(image, max_pixels=max_pixels,
+                                                                     min_size=self.decode_size)
         with self._image_lock, torch.no_grad():
             return self.model.encode_image([im], normalize=True).float().cpu().numpy()
 

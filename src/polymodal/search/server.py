@@ -204,9 +204,14 @@ def create_app(searcher: Searcher, config: ServerConfig | None = None) -> FastAP
     async def search_image(file: Upload, k: K = 20, label: Label = None, prefix: Prefix = None) -> dict[str, Any]:
         data = await _read_upload(file, limits)
         where = ItemFilter(label=label, path_prefix=prefix)
-        # Decoded, embedded and dropped inside one decode slot: the pixels held at once stay bounded.
-        hits = await lanes.run(lanes.decodes, lambda: reloader.get().by_image(
-            check_upload(data, limits, name="file"), k=k, where=where))
+
+        def search() -> list[Any]:
+            # Decoded (reduced to the model's input size, as `index build` decodes files), embedded and
+            # dropped inside one decode slot: the pixels held at once stay bounded.
+            s = reloader.get()
+            return s.by_image(check_upload(data, limits, name="file", min_size=s.decode_size), k=k, where=where)
+
+        hits = await lanes.run(lanes.decodes, search)
         return {"hits": [_hit_json(h) for h in hits]}
 
     @app.post("/api/zeroshot", summary="Zero-shot labels of an uploaded image",
@@ -228,7 +233,7 @@ def create_app(searcher: Searcher, config: ServerConfig | None = None) -> FastAP
         # Label embedding is the long part; one request at a time does it, beside the query lane.
         w = await lanes.run(lanes.labels, lambda: s.label_classifier(names, max_new=MAX_LABELS))
         ranked = await lanes.run(lanes.decodes, lambda: s.rank_labels(
-            s.embed_image(check_upload(data, limits, name="file")), names, w))
+            s.embed_image(check_upload(data, limits, name="file", min_size=s.decode_size)), names, w))
         return {"labels": [r.to_dict() for r in ranked[:top]], "count": len(names)}
 
     @app.get("/api/items/{item_id}", summary="Metadata of one item")

@@ -68,13 +68,16 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def check_upload(data: bytes, limits: UploadLimits, *, name: str = "upload") -> Image.Image:
+def check_upload(data: bytes, limits: UploadLimits, *, name: str = "upload",
+                 min_size: tuple[int, int] | None = None) -> Image.Image:
     """Validate and decode an uploaded image.
 
     Args:
         data: the uploaded bytes.
         limits: size, pixel and type limits.
         name: what to call the file in messages.
+        min_size: the model's :func:`~polymodal.embed.decode_size`: a JPEG is decoded reduced to it, as
+            ``index build`` decodes files (the pixel limit still applies to the size in the header).
 
     Returns:
         The decoded, upright RGB image.
@@ -101,6 +104,6 @@ def check_upload(data: bytes, limits: UploadLimits, *, name: str = "upload") -> 
     if w * h > limits.max_pixels:
         raise UploadError(413, f"{name}: image is {w}x{h} = {w * h} pixels, over the limit of {limits.max_pixels}")
     try:
-        return load_image(data, max_pixels=limits.max_pixels, name=name)
+        return load_image(data, max_pixels=limits.max_pixels, name=name, min_size=min_size)
     except DataError as e:
         raise UploadError(400, e.problem if e.path is None else str(e)) from None
