@@ -190,6 +190,49 @@ def test_a_512_label_zeroshot_does_not_block_a_text_query(setup, monkeypatch):
     assert len(spy.calls) > 1 and max(len(c) for c in spy.calls) <= 256
 
 
+def test_the_text_tower_runs_in_one_thread_with_the_cores_and_request_threads_use_one(setup, monkeypatch):
+    # Two OpenMP teams on two cores make every text-tower pass 2-3x slower (polymodal.search.threads).
+    import faiss
+
+    searcher = setup[1]
+    passes, searches = [], []
+    encode, search = searcher.model.encode_text, searcher.index.search
+
+    def spy_encode(texts, **kwargs):
+        if any(t.startswith("thread probe") for t in texts):
+            passes.append((threading.current_thread(), torch.get_num_threads()))
+        return encode(texts, **kwargs)
+
+    def spy_search(*args, **kwargs):
+        searches.append((threading.current_thread(), torch.get_num_threads(), faiss.omp_get_max_threads()))
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(searcher.model, "encode_text", spy_encode)
+    monkeypatch.setattr(searcher.index, "search", spy_search)
+    app = create_app(searcher, ServerConfig(uploads=LIMITS, model_threads=2))
+    with TestClient(app, base_url=BASE) as client:
+        for i in range(4):
+            assert client.get("/api/search", params={"q": f"thread probe {i}"}).status_code == 200
+    assert len(passes) == 4 and len({th for th, _ in passes}) == 1
+    assert passes[0][0].name == "polymodal-text-lane" and {n for _, n in passes} == {2}
+    assert len(searches) == 4 and {(n, m) for _, n, m in searches} == {(1, 1)}
+    assert passes[0][0] not in {th for th, *_ in searches}
+
+
+def test_open_searcher_loads_the_model_single_threaded_and_keeps_the_cores_for_the_text_lane(setup, monkeypatch):
+    from polymodal.search import server
+
+    tmp = setup[3]
+    before = torch.get_num_threads()
+    seen = []
+    monkeypatch.setattr(server.Searcher, "open", classmethod(lambda cls, *a: seen.append(torch.get_num_threads()) or "S"))
+    try:
+        searcher, config = server.open_searcher(tmp / "idx", config=ServerConfig(uploads=LIMITS))
+    finally:
+        torch.set_num_threads(before)
+    assert searcher == "S" and seen == [1] and config.model_threads == before and config.uploads is LIMITS
+
+
 def test_label_embeddings_are_cached_per_label(setup, monkeypatch):
     client, searcher, paths = setup[:3]
     spy = LabelSpy(searcher.model)

@@ -119,6 +119,28 @@ def test_a_lone_query_is_encoded_in_its_callers_thread_and_later_ones_batch_behi
     lane.close()
 
 
+def test_a_dedicated_lane_runs_every_pass_in_its_own_thread_after_its_setup():
+    seen = []
+
+    def encode(texts):
+        seen.append((threading.current_thread(), list(texts)))
+        return np.ones((len(texts), 2), np.float32)
+
+    setups = []
+    lane = TextBatcher(encode, wait=0.0)
+    lane.dedicate(lambda: setups.append(threading.current_thread()))
+    callers = [threading.Thread(target=lane.encode, args=([t],)) for t in ("a", "b")]
+    for t in callers:
+        t.start()
+        t.join(30)
+    lane.encode(["c"])
+    threads = {th for th, _ in seen}
+    assert len(threads) == 1 and not threads & {*callers, threading.current_thread()}  # never a caller's thread
+    assert setups == [lane._thread]  # once, in the lane's thread, before its first pass
+    assert [t for _, ts in seen for t in ts] == ["a", "b", "c"]
+    lane.close()
+
+
 def test_an_encoding_error_reaches_every_caller_of_the_pass_and_the_lane_goes_on():
     def encode(texts):
         if "bad" in texts:

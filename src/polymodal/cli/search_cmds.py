@@ -280,14 +280,13 @@ def serve(index_dir, host, port, model_dir, max_upload_mb, max_pixels, allow_hos
     """Serve INDEX over HTTP: a web page at / and a JSON API (spec at /openapi.json)."""
     _require_search_extra("serve", ("faiss", "fastapi", "uvicorn"))
     _require_model(model_dir, "serve")
-    from polymodal.search.query import Searcher
-    from polymodal.search.server import ServerConfig, hosts_for_bind, serve_searcher
+    from polymodal.search.server import ServerConfig, hosts_for_bind, open_searcher, serve_searcher
     from polymodal.search.uploads import UploadLimits
 
     limits = UploadLimits(max_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels)
     hosts, any_ip = hosts_for_bind(host, tuple(allow_hosts))
     config = ServerConfig(uploads=limits, allowed_hosts=hosts, allow_ip_hosts=any_ip)
-    searcher = Searcher.open(index_dir, model_dir)  # a broken index is an error line, not "serving"
+    searcher, config = open_searcher(index_dir, model_dir, config)  # a broken index is an error line, not "serving"
     click.echo(f"serving {index_dir} on http://{host}:{port}/  (Ctrl-C stops; answers to Host: "
                f"{', '.join(hosts)}{', any IP address' if any_ip else ''})", err=True)
     sys.stderr.flush()

@@ -15,6 +15,7 @@ text lane is busy, or within ``batch_wait`` seconds of the first, go through the
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import OrderedDict, deque
@@ -88,6 +89,9 @@ class TextBatcher:
     requests queued behind a caller's own pass). Rows do not depend on the batch (the text tower masks padding),
     so a caller gets what it would get alone. A request larger than ``max_batch`` runs on its own.
 
+    :meth:`dedicate` turns the caller's own passes off: every pass runs in the lane's thread, set up once
+    (a server keeps one warm OpenMP team there; :mod:`polymodal.search.threads`).
+
     Args:
         encode: texts -> (N, D) float32 rows.
         max_batch: most texts per pass.
@@ -107,7 +111,15 @@ class TextBatcher:
         self._closed = False
         self._concurrent = False  # the previous pass served more than one request
         self._busy = False  # a pass is running or being gathered (in the lane or in a caller)
+        self._inline = True  # a caller that finds the lane idle runs its pass itself
+        self._setup: Callable[[], None] | None = None  # run once in the lane's thread before its next pass
         self.passes = 0  # forward passes run (for tests and benchmarks)
+
+    def dedicate(self, setup: Callable[[], None] | None = None) -> None:
+        """From now on run every pass in the lane's own thread, calling ``setup()`` there once first."""
+        with self._cond:
+            self._inline = False
+            self._setup = setup
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """(N, D) rows of ``texts``, computed in the next pass of the lane together with other callers' texts."""
@@ -115,7 +127,7 @@ class TextBatcher:
         with self._cond:
             if self._closed:
                 raise RuntimeError("TextBatcher is closed")
-            inline = not self._busy and not self._queue
+            inline = self._inline and not self._busy and not self._queue
             if inline:
                 self._busy = True
             else:
@@ -179,6 +191,9 @@ class TextBatcher:
         """One pass over the distinct texts of ``batch``; each request gets its rows or the pass's error."""
         unique = list(dict.fromkeys(t for r in batch for t in r.texts))
         try:
+            if self._setup is not None and threading.current_thread() is self._thread:
+                setup, self._setup = self._setup, None
+                setup()
             rows = dict(zip(unique, self._encode(unique)))
             self.passes += 1
             for r in batch:
@@ -240,6 +255,16 @@ class Searcher:
         self._image_lock = threading.Lock()
         self._label_lock = threading.Lock()
         self._cache_lock = threading.Lock()  # cache hits never wait for a forward pass
+
+    def dedicate_text_thread(self, threads: int) -> None:
+        """Run every text-tower pass in the text lane's thread, with ``threads`` intra-op threads there.
+
+        For a server, whose requests arrive on many threads: one thread holds the cores for the text
+        tower, and request threads should run with one intra-op thread each (:mod:`polymodal.search.threads`).
+        """
+        from polymodal.search.threads import use_threads
+
+        self._texts_lane.dedicate(functools.partial(use_threads, threads))
 
     @classmethod
     def open(cls, index_dir: str | Path, model_dir: str | Path | None = None) -> Searcher:

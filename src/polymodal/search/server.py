@@ -26,13 +26,14 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import anyio
 import anyio.to_thread
+import torch
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -41,6 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from polymodal.errors import ConfigError, PolymodalError
 from polymodal.search.index import Hit, ItemFilter
 from polymodal.search.query import MAX_LABELS, LabelsNotReady, Searcher
+from polymodal.search.threads import single_threaded, use_threads
 from polymodal.search.uploads import UploadError, UploadLimits, check_upload
 
 log = logging.getLogger("polymodal.search.server")
@@ -68,6 +70,8 @@ class ServerConfig:
         allow_ip_hosts: also accept any IP address as ``Host`` (for a server bound to 0.0.0.0 or ::, whose
             addresses are not known in advance; an IP literal cannot be an attacker's rebound name).
         query_threads: worker threads for text queries, metadata and thumbnails.
+        model_threads: intra-op threads of the text lane, the one thread that runs the text tower with
+            more than one (default: torch's count when the app is created); every other thread uses one.
     """
 
     uploads: UploadLimits = None  # type: ignore[assignment]
@@ -76,6 +80,7 @@ class ServerConfig:
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     allow_ip_hosts: bool = False
     query_threads: int = 8
+    model_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.uploads is None:
@@ -84,6 +89,8 @@ class ServerConfig:
             raise ConfigError(f"max_k must be >= 1, got {self.max_k}")
         if self.query_threads < 1:
             raise ConfigError(f"query_threads must be >= 1, got {self.query_threads}")
+        if self.model_threads is not None and self.model_threads < 1:
+            raise ConfigError(f"model_threads must be >= 1, got {self.model_threads}")
         bad = [h for h in self.allowed_hosts if not _valid_name(_normal_name(h))]
         if bad:
             raise ConfigError(f"allowed_hosts: {bad[0]!r} is not a host name or address")
@@ -94,12 +101,17 @@ def create_app(searcher: Searcher, config: ServerConfig | None = None) -> FastAP
     config = config or ServerConfig()
     limits = config.uploads
     static = _load_static()
+    # One thread holds the cores for the text tower; request threads run torch and faiss single-threaded
+    # (a second OpenMP team would make every pass 2-3x slower: polymodal.search.threads).
+    model_threads = config.model_threads or torch.get_num_threads()
+    searcher.dedicate_text_thread(model_threads)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         lanes.open()  # anyio's limiters belong to the running event loop
         warmer.start(searcher)  # the index's own zero-shot labels, embedded before the first upload needs them
         yield
+        torch.set_num_threads(model_threads)  # request threads set 1; threads started later inherit that
 
     app = FastAPI(
         lifespan=lifespan,
@@ -280,18 +292,43 @@ def serve(index_dir: str | Path, *, model_dir: str | Path | None = None, host: s
 
     ``config.allowed_hosts`` should name the hosts this bind answers to (:func:`hosts_for_bind`).
     """
-    serve_searcher(Searcher.open(index_dir, model_dir), host=host, port=port, config=config)
+    searcher, config = open_searcher(index_dir, model_dir, config)
+    serve_searcher(searcher, host=host, port=port, config=config)
+
+
+def open_searcher(index_dir: str | Path, model_dir: str | Path | None = None,
+                  config: ServerConfig | None = None) -> tuple[Searcher, ServerConfig]:
+    """Open the index and its model for serving, and the config with the text lane's thread count.
+
+    The model loads with one intra-op thread: its first parallel copy would otherwise leave this thread an
+    OpenMP team of its own, and every text-lane pass would run 2-3x slower beside it
+    (:mod:`polymodal.search.threads`). The threads torch had go to the text lane (``model_threads``).
+
+    Raises:
+        PolymodalError: the index or its model cannot be opened (as :meth:`Searcher.open`).
+    """
+    config = config or ServerConfig()
+    if config.model_threads is None:
+        config = replace(config, model_threads=torch.get_num_threads())
+    use_threads(1)
+    return Searcher.open(index_dir, model_dir), config
 
 
 def serve_searcher(searcher: Searcher, *, host: str = "127.0.0.1", port: int = 8000,
                    config: ServerConfig | None = None) -> None:
-    """Serve an open searcher until interrupted."""
-    import faiss
+    """Serve an open searcher until interrupted.
+
+    For the fastest text queries, load its model after ``polymodal.search.threads.use_threads(1)`` and
+    pass the thread count it had as ``config.model_threads`` (what :func:`serve` does).
+    """
     import uvicorn
 
+    config = config or ServerConfig()
+    if config.model_threads is None:
+        config = replace(config, model_threads=torch.get_num_threads())
     # Requests run in parallel threads, one query each; OpenMP fan-out inside a single query costs more in
     # synchronisation than it saves (20 ms instead of 1 ms per exact query at 10k items on 2 busy cores).
-    faiss.omp_set_num_threads(1)
+    use_threads(1)
     app = create_app(searcher, config)
     if host not in LOOPBACK_HOSTS:
         log.warning("serving on %s: reachable from other machines; there is no authentication", host)
@@ -368,7 +405,12 @@ class _Lanes:
         self.decodes = anyio.CapacityLimiter(self._sizes[1])
 
     async def run(self, lane: anyio.CapacityLimiter, fn: Callable[..., T], *args: Any) -> T:
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=lane)
+        return await anyio.to_thread.run_sync(functools.partial(_single_threaded, fn, *args), limiter=lane)
+
+
+def _single_threaded(fn: Callable[..., T], *args: Any) -> T:
+    single_threaded()
+    return fn(*args)
 
 
 class _LabelWarmer:
@@ -386,6 +428,7 @@ class _LabelWarmer:
         threading.Thread(target=self._warm, args=(searcher,), name="label-warmup", daemon=True).start()
 
     def _warm(self, searcher: Searcher) -> None:
+        single_threaded()
         try:
             names = searcher.zeroshot_labels(None)
         except PolymodalError:  # no labels at all: zero-shot needs them from the request
