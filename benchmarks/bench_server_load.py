@@ -95,14 +95,19 @@ def free_port() -> int:
 
 
 # The baseline server: what `polymodal serve` runs, with one query text per text-tower pass.
+# Its model loads as `polymodal serve` loads it (single-threaded; the text lane gets the cores).
 BASELINE_SERVER = """
 import sys
+import torch
 from polymodal.models.io import load
 from polymodal.search.index import SearchIndex
 from polymodal.search.query import Searcher
-from polymodal.search.server import serve_searcher
+from polymodal.search.server import ServerConfig, serve_searcher
+from polymodal.search.threads import use_threads
+config = ServerConfig(model_threads=torch.get_num_threads())
+use_threads(1)
 index = SearchIndex.open(sys.argv[1])
-serve_searcher(Searcher(index, load(index.info.model_dir), text_batch=1), port=int(sys.argv[2]))
+serve_searcher(Searcher(index, load(index.info.model_dir), text_batch=1), port=int(sys.argv[2]), config=config)
 """
 
 
@@ -142,12 +147,18 @@ request = function()
   return wrk.format(nil, "/api/search?k=20&q=" .. queries[(i % #queries) + 1])
 end
 """.replace("QUERIES", ", ".join(f'"{q.replace(" ", "+")}"' for q in QUERIES)),
+    # Every query new: a tag per run (wrk's Lua RNG starts from the same seed each time, and an earlier
+    # run's queries would be cache hits) and per wrk thread (each has its own Lua state and counter).
     "search_unique": """
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
 local i = 0
-local id = tostring(math.random(1, 1000000000))
 request = function()
   i = i + 1
-  return wrk.format(nil, "/api/search?k=20&q=a+picture+number+" .. id .. "+" .. i)
+  return wrk.format(nil, "/api/search?k=20&q=a+picture+number+RUN+" .. tid .. "+" .. i)
 end
 """,
     "thumbnail": """
@@ -165,7 +176,7 @@ def _ms(text: str) -> float:
 
 def run_wrk(base: str, scenario: str, clients: int, duration: int, items: int) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(WRK_LUA[scenario].replace("ITEMS", str(items)))
+        f.write(WRK_LUA[scenario].replace("ITEMS", str(items)).replace("RUN", os.urandom(6).hex()))
     try:
         out = subprocess.run(["wrk", f"-t{min(clients, 2)}", f"-c{clients}", f"-d{duration}s", "--latency",
                               "--timeout", "10s", "-s", f.name, base], capture_output=True, text=True, check=True).stdout
@@ -190,6 +201,7 @@ def run_httpx(base: str, scenario: str, clients: int, duration: int, items: int)
     latencies: list[float] = []
     errors = 0
     counter = 0
+    tag = os.urandom(6).hex()  # queries new to the server's cache in every run
 
     def next_url() -> str:
         nonlocal counter
@@ -197,7 +209,7 @@ def run_httpx(base: str, scenario: str, clients: int, duration: int, items: int)
         if scenario == "search_repeated":
             return f"/api/search?k=20&q={QUERIES[counter % len(QUERIES)]}"
         if scenario == "search_unique":
-            return f"/api/search?k=20&q=a picture number {os.getpid()} {counter}"
+            return f"/api/search?k=20&q=a picture number {tag} {counter}"
         return f"/api/items/{np.random.randint(1, items + 1)}/thumbnail"
 
     async def worker(client: httpx.AsyncClient, stop: float) -> None:
@@ -248,8 +260,24 @@ def zeroshot_latencies(base: str, counts: tuple[int, ...] = (16, 512)) -> dict:
     return out
 
 
+def wait_for_labels(base: str, timeout: float = 120) -> None:
+    """Until the server has embedded its index's default zero-shot labels (a start-up job in the background
+    that would otherwise share the cores with the first scenario); a server without that field is ready."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = httpx.get(f"{base}/api/info", timeout=10).json()
+        if info.get("zeroshot_labels_ready", 0) >= info.get("zeroshot_labels", 0):
+            return
+        time.sleep(0.5)
+
+
 def load_runs(base: str, run, scenarios: list[tuple[str, int]], duration: int, items: int) -> list[dict]:
-    run(base, "search_repeated", 1, 1, items)  # warm-up: fills the query cache, builds the tower's runner
+    wait_for_labels(base)
+    # Warm-up: fills the query cache and runs the text tower's first passes (thread pools, allocator).
+    run(base, "search_repeated", 1, 1, items)
+    run(base, "search_unique", 1, 1, items)
     return [{"scenario": name, "clients": clients, **run(base, name, clients, duration, items)}
             for name, clients in scenarios]
 
