@@ -103,7 +103,7 @@ from polymodal.models.io import load
 from polymodal.search.index import SearchIndex
 from polymodal.search.query import Searcher
 from polymodal.search.server import ServerConfig, serve_searcher
-from polymodal.search.threads import use_threads
+from polymodal.core.threads import use_threads
 config = ServerConfig(model_threads=torch.get_num_threads())
 use_threads(1)
 index = SearchIndex.open(sys.argv[1])

@@ -191,7 +191,7 @@ def test_a_512_label_zeroshot_does_not_block_a_text_query(setup, monkeypatch):
 
 
 def test_the_text_tower_runs_in_one_thread_with_the_cores_and_request_threads_use_one(setup, monkeypatch):
-    # Two OpenMP teams on two cores make every text-tower pass 2-3x slower (polymodal.search.threads).
+    # Two OpenMP teams on two cores make every text-tower pass 2-3x slower (polymodal.core.threads).
     import faiss
 
     searcher = setup[1]

@@ -90,7 +90,7 @@ class TextBatcher:
     so a caller gets what it would get alone. A request larger than ``max_batch`` runs on its own.
 
     :meth:`dedicate` turns the caller's own passes off: every pass runs in the lane's thread, set up once
-    (a server keeps one warm OpenMP team there; :mod:`polymodal.search.threads`).
+    (a server keeps one warm OpenMP team there; :mod:`polymodal.core.threads`).
 
     Args:
         encode: texts -> (N, D) float32 rows.
@@ -260,9 +260,9 @@ class Searcher:
         """Run every text-tower pass in the text lane's thread, with ``threads`` intra-op threads there.
 
         For a server, whose requests arrive on many threads: one thread holds the cores for the text
-        tower, and request threads should run with one intra-op thread each (:mod:`polymodal.search.threads`).
+        tower, and request threads should run with one intra-op thread each (:mod:`polymodal.core.threads`).
         """
-        from polymodal.search.threads import use_threads
+        from polymodal.core.threads import use_threads
 
         self._texts_lane.dedicate(functools.partial(use_threads, threads))
 

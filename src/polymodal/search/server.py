@@ -39,10 +39,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from polymodal.core.threads import single_threaded, use_threads
 from polymodal.errors import ConfigError, PolymodalError
 from polymodal.search.index import Hit, ItemFilter
 from polymodal.search.query import MAX_LABELS, LabelsNotReady, Searcher
-from polymodal.search.threads import single_threaded, use_threads
 from polymodal.search.uploads import UploadError, UploadLimits, check_upload
 
 log = logging.getLogger("polymodal.search.server")
@@ -102,7 +102,7 @@ def create_app(searcher: Searcher, config: ServerConfig | None = None) -> FastAP
     limits = config.uploads
     static = _load_static()
     # One thread holds the cores for the text tower; request threads run torch and faiss single-threaded
-    # (a second OpenMP team would make every pass 2-3x slower: polymodal.search.threads).
+    # (a second OpenMP team would make every pass 2-3x slower: polymodal.core.threads).
     model_threads = config.model_threads or torch.get_num_threads()
     searcher.dedicate_text_thread(model_threads)
 
@@ -302,7 +302,7 @@ def open_searcher(index_dir: str | Path, model_dir: str | Path | None = None,
 
     The model loads with one intra-op thread: its first parallel copy would otherwise leave this thread an
     OpenMP team of its own, and every text-lane pass would run 2-3x slower beside it
-    (:mod:`polymodal.search.threads`). The threads torch had go to the text lane (``model_threads``).
+    (:mod:`polymodal.core.threads`). The threads torch had go to the text lane (``model_threads``).
 
     Raises:
         PolymodalError: the index or its model cannot be opened (as :meth:`Searcher.open`).
@@ -318,7 +318,7 @@ def serve_searcher(searcher: Searcher, *, host: str = "127.0.0.1", port: int = 8
                    config: ServerConfig | None = None) -> None:
     """Serve an open searcher until interrupted.
 
-    For the fastest text queries, load its model after ``polymodal.search.threads.use_threads(1)`` and
+    For the fastest text queries, load its model after ``polymodal.core.threads.use_threads(1)`` and
     pass the thread count it had as ``config.model_threads`` (what :func:`serve` does).
     """
     import uvicorn

@@ -1,4 +1,4 @@
-"""How many intra-op threads each thread of a serving process may use.
+"""How many intra-op threads each thread of a process may use, where several threads run torch.
 
 torch and faiss parallelise inside an operation with OpenMP, and OpenMP keeps one team of helper threads
 for every thread that ever ran a parallel region. Two such teams on two cores cost far more than either
@@ -13,6 +13,7 @@ So a server gives one thread (the text lane) every core and every other thread o
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import torch
@@ -21,19 +22,18 @@ _local = threading.local()
 
 
 def use_threads(n: int) -> None:
-    """Let the calling thread use ``n`` intra-op threads in torch and in faiss.
+    """Let the calling thread use ``n`` intra-op threads in torch and in faiss (if loaded).
 
-    Both OpenMP runtimes (torch's and the one faiss bundles) keep the count per thread, so this does not
-    change threads that have already run torch; threads that start later and set nothing inherit
-    torch's most recent count.
+    OpenMP keeps the count per thread, so this does not change threads that have already run torch;
+    threads that start later and set nothing inherit torch's most recent count.
     """
-    import faiss
-
     # torch sets a thread's count once, lazily, from its latest process-wide count, on the first operation
     # that asks for it; trigger that first, or it would later undo this.
     torch.get_num_threads()
     torch.set_num_threads(n)
-    faiss.omp_set_num_threads(n)
+    faiss = sys.modules.get("faiss")  # its own OpenMP runtime where it is not torch's; unloaded: nothing to set
+    if faiss is not None:
+        faiss.omp_set_num_threads(n)
     _local.threads = n
 
 
