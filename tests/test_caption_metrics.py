@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from polymodal.errors import ConfigError, ShapeError
-from polymodal.eval.caption_metrics import bleu, cider_d, clip_score
+from polymodal.eval.caption_metrics import bleu, bootstrap, cider_d, clip_score, coco_tokenize
 
 # The worked example of docs/vision-language.md. Its CIDEr-D numbers come from the COCO caption
 # evaluation code (pycocoevalcap 1.2, cider/cider_scorer.py, run once offline on these lists); the BLEU
@@ -115,3 +115,72 @@ def test_clip_score_is_clamped_scaled_cosine() -> None:
     # cos = 1 for the first pair, -1 for the second (clamped to 0): mean 2.5 * (1 + 0) / 2.
     images = torch.tensor([[2.0, 0.0], [0.0, -1.0]])
     assert clip_score(_FakeAligner(), images, ["a", "b"]) == pytest.approx(1.25)
+
+
+# --- COCO normalisation ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("flag: United States", "flag united states"),  # colon dropped, lower case
+    ("A button (blood type)", "a button blood type"),  # brackets dropped (PTB's -LRB- / -RRB-)
+    ("keycap: #", "keycap #"),  # symbols that are not punctuation stay
+    ("Don’t worry, it’s fine.", "do n't worry it 's fine"),  # curly quotes, clitics, final period
+    ("T-shirt at 3.5 o'clock", "t-shirt at 3.5 o'clock"),  # hyphenated words, decimals, inner apostrophe kept
+    ("Japanese “here” button", "japanese here button"),  # quotes dropped
+    ("flag: St. Kitts & Nevis", "flag st. kitts & nevis"),  # an inner abbreviation keeps its period
+    ("hot beverage… -- hot!", "hot beverage hot"),  # ellipsis, dashes, ! dropped
+])
+def test_coco_tokenize_normalises_as_the_coco_evaluation(text: str, expected: str) -> None:
+    assert coco_tokenize(text) == expected
+
+
+def test_coco_tokenize_matches_the_treebank_tokenizer_on_every_openmoji_name() -> None:
+    # NLTK's Treebank tokenizer is a reference implementation of the Penn Treebank rules the COCO evaluation
+    # tokenizes with; the COCO normalisation is its tokens, lower-cased, without the punctuation tokens.
+    from nltk.tokenize import TreebankWordTokenizer
+
+    from polymodal.data.openmoji import load_openmoji
+    from polymodal.eval.caption_metrics import _DROPPED, _QUOTES
+
+    treebank = TreebankWordTokenizer()
+    texts = sorted({r.text for s in ("train", "val", "test") for r in load_openmoji(s)})
+    texts += ["A man's hat isn't red; it's blue!", "two dogs (big) and a cat?", 'she said "hi" -- then left.',
+              "x/y = 3*4 @ 5% #tag", "they'll go, we'd stay, I'm here, you've won", "1,000 cats: 3.5 each"]
+    differ = [t for t in texts
+              if coco_tokenize(t) != " ".join(w for w in treebank.tokenize(t.translate(_QUOTES).lower()) if w not in _DROPPED)]
+    assert len(texts) > 2000 and differ == []
+
+
+# --- bootstrap intervals -----------------------------------------------------------------------------
+
+
+def _cider(h, r) -> float:
+    return cider_d(h, r).score
+
+
+def test_bootstrap_interval_holds_the_estimate_and_narrows_with_more_images() -> None:
+    refs = [[r] for r in ("red heart", "grinning face", "cat face", "smiling face", "dog", "blue circle")] * 10
+    hyps = ["red heart", "grinning cat", "cat", "face", "a dog", "circle"] * 10
+    small = bootstrap(_cider, hyps[:12], refs[:12], samples=200, seed=1)
+    large = bootstrap(_cider, hyps, refs, samples=200, seed=1)
+    assert small.estimate == pytest.approx(_cider(hyps[:12], refs[:12]))
+    assert small.low <= small.estimate <= small.high and large.low <= large.estimate <= large.high
+    assert large.high - large.low < small.high - small.low
+    assert bootstrap(_cider, hyps, refs, samples=200, seed=1) == large  # the seed fixes the resamples
+    exact = bootstrap(lambda h, r: bleu(h, r).bleu[0], ["a b"] * 5, [["a b"]] * 5, samples=50)
+    assert (exact.low, exact.estimate, exact.high) == (1.0, 1.0, 1.0)  # nothing varies: no width
+
+
+def test_paired_bootstrap_of_a_difference() -> None:
+    refs = [[f"word{i} thing"] for i in range(40)]
+    good = [f"word{i} thing" for i in range(40)]
+    bad = [f"word{i} other" if i % 2 else "nothing here" for i in range(40)]
+    lead = bootstrap(_cider, good, refs, baseline=bad, samples=200)
+    assert lead.estimate == pytest.approx(_cider(good, refs) - _cider(bad, refs))
+    assert lead.low > 0 and lead.above_zero == 1.0  # a clear lead: every resample agrees
+    tie = bootstrap(_cider, good, refs, baseline=good, samples=50)
+    assert (tie.low, tie.estimate, tie.high, tie.above_zero) == (0.0, 0.0, 0.0, 0.0)
+    with pytest.raises(ShapeError):
+        bootstrap(_cider, good, refs, baseline=bad[:3])
+    with pytest.raises(ConfigError):
+        bootstrap(_cider, good, refs, level=1.0)
