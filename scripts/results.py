@@ -3,7 +3,7 @@
     .venv/bin/python scripts/results.py [--suite avclips] [--jobs 2] [--out runs/results] [--reuse] [--update]
 
 Each suite trains and evaluates through the documented commands (``polymodal demo``, ``polymodal fuse
-train/eval``, ``scripts/vision_language/flava_ablation.py``) for the seeds ``docs/results.json`` names, one
+train/eval``, ``scripts/vision_language/flava_ablation.py`` and ``caption_eval.py``) for the seeds ``docs/results.json`` names, one
 CPU thread per run, ``--jobs`` runs at a time. A figure's value is the mean over its seeds; its standard
 error is ``s / sqrt(k)`` over k seeds, or for a one-seed figure the sampling standard error its command
 reports. A figure passes when
@@ -107,10 +107,23 @@ def _flava(run: Run, out: Path, reuse: bool) -> dict[str, float]:
     return {f"flava/{run.name}/{k}": float(row[k]) for k in keys}
 
 
+def _caption(run: Run, out: Path, reuse: bool) -> dict[str, float]:
+    """The captioner's recipe (60 epochs, greedy; selected on val in docs/vision-language.md): test CIDEr-D, BLEU-4."""
+    folder = out / "caption" / f"seed{run.seed}"
+    if not (reuse and (folder / "caption_metrics.json").exists()):
+        _sh([sys.executable, "scripts/vision_language/caption_eval.py", "--out", str(folder), "--epochs", "60",
+             "--decodings", "greedy", "--seed", str(run.seed), "--grids", str(out / "caption" / "grids.pt"),
+             "--figure", str(folder / "cross_attention.png")], out / "logs" / f"caption-{run.seed}.log")
+    table = json.loads((folder / "caption_metrics.json").read_text())["test"]
+    row = next(v for k, v in table.items() if k.startswith("captioner"))
+    return {f"caption/{run.name}/test/{k}": float(row[k]) for k in ("cider_d", "bleu4")}
+
+
 SUITES: dict[str, Callable[[Run, Path, bool], dict[str, float]]] = {
     "aligner": _aligner,
     "avclips": _fuse("builtin:avclips"),
     "avdigits": _fuse("builtin:avdigits"),
+    "caption": _caption,
     "flava": _flava,
 }
 

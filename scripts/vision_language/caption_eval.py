@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -101,7 +102,10 @@ def main() -> None:
         grids = {k: v.float() for k, v in torch.load(cache).items()}
     else:
         grids = {s: extract_grids([r.image for r in recs]) for s, recs in splits.items()}
-        torch.save({k: v.half() for k, v in grids.items()}, cache)  # fp16 halves the 600 MB cache
+        part = cache.with_name(f"{cache.name}.{os.getpid()}.part")  # runs sharing the cache never read half a file
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.half() for k, v in grids.items()}, part)  # fp16 halves the 600 MB cache
+        os.replace(part, cache)
         grids = {k: v.half().float() for k, v in grids.items()}  # same values whether cached or not
     print(f"grids {[tuple(g.shape) for g in grids.values()]} in {time.time() - t0:.0f}s", flush=True)
     refs = {s: [[coco_tokenize(r.text)] for r in recs] for s, recs in splits.items()}
