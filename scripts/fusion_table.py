@@ -97,6 +97,7 @@ def vqa(out: Path, device: str, epochs: int | None, train_size: int | None, name
     log(f"shapes-vqa {({s: len(v) for s, v in data.splits.items()})} generated in {time.perf_counter() - t0:.0f} s")
     head = " | ".join(QUESTION_TYPES)
     lines = [f"| model | split | accuracy | {head} | best epoch | train s |", "|---|---|---|" + "---|" * len(QUESTION_TYPES) + "---|---|"]
+    found: dict[str, dict[str, object]] = {}  # model -> split -> per-type accuracy, also written as vqa_results.json
     for name in names:
         r = fit_classifier(load_preset(name), data, epochs=epochs, batch_size=recipe.batch_size, lr=recipe.lr, device=device,
                            seed=seed, log=lambda s, n=name: log(f"{n} {s}"))  # fmt: skip
@@ -106,10 +107,13 @@ def vqa(out: Path, device: str, epochs: int | None, train_size: int | None, name
             records = data.splits[split]
             labels = encode_labels(records, model_labels=model.config.labels, label_names=data.label_names, split=split)
             acc = per_type_accuracy(model, records, labels)
+            found.setdefault(name, {})[split] = acc
             log(f"vqa {name} {split}: {json.dumps(acc)} (best epoch {r.best_epoch}, {r.seconds:.0f} s)")
             cells = " | ".join(f"{acc[q]:.3f}" for q in QUESTION_TYPES)
             lines.append(f"| {name} | {split} | {acc['all']:.3f} | {cells} | {r.best_epoch + 1}/{epochs} | {r.seconds:.0f} |")
         (out / f"vqa_table{'' if list(names) == list(VQA_MODELS) else '-' + '-'.join(names)}.md").write_text("\n".join(lines) + "\n")
+        found[name] = {**found.get(name, {}), "best_epoch": r.best_epoch + 1, "train_seconds": r.seconds}
+        (out / "vqa_results.json").write_text(json.dumps({"seed": seed, "epochs": epochs, "models": found}, indent=1) + "\n")
     return lines
 
 

@@ -3,7 +3,8 @@
     .venv/bin/python scripts/results.py [--suite avclips] [--jobs 2] [--out runs/results] [--reuse] [--update]
 
 Each suite trains and evaluates through the documented commands (``polymodal demo``, ``polymodal fuse
-train/eval``, ``scripts/vision_language/flava_ablation.py`` and ``caption_eval.py``) for the seeds ``docs/results.json`` names, one
+train/eval``, ``scripts/vision_language/flava_ablation.py`` and ``caption_eval.py``, ``scripts/fusion_table.py
+--only vqa``) for the seeds ``docs/results.json`` names, one
 CPU thread per run, ``--jobs`` runs at a time. A figure's value is the mean over its seeds; its standard
 error is ``s / sqrt(k)`` over k seeds, or for a one-seed figure the sampling standard error its command
 reports. A figure passes when
@@ -18,7 +19,8 @@ figure on purpose reruns the suite with ``--update``, which writes the new value
 and updates the doc's table by hand (``tests/test_results.py`` checks each figure still appears in its doc).
 
 Takes long: on 2 cores with ``--jobs 1`` the aligner, avclips and FLAVA suites took about 15 minutes
-(warm feature cache) and avdigits about 8 (2026-12-05); not part of ``make test``.
+(warm feature cache) and avdigits about 8; caption runs took 1,110-1,232 s and VQA runs ~2,500 s each, three
+side by side on 2 cores (2026-12-05); not part of ``make test``.
 """
 
 from __future__ import annotations
@@ -119,12 +121,23 @@ def _caption(run: Run, out: Path, reuse: bool) -> dict[str, float]:
     return {f"caption/{run.name}/test/{k}": float(row[k]) for k in ("cider_d", "bleu4")}
 
 
+def _vqa(run: Run, out: Path, reuse: bool) -> dict[str, float]:
+    """Shapes VQA with the vqa-cross recipe (``scripts/fusion_table.py --only vqa``): test accuracy per question type."""
+    folder = out / "vqa" / f"{run.name}-seed{run.seed}"
+    if not (reuse and (folder / "vqa_results.json").exists()):
+        _sh([sys.executable, "scripts/fusion_table.py", "--out", str(folder), "--only", "vqa", "--threads", "1",
+             "--vqa-models", run.name, "--seed", str(run.seed)], out / "logs" / f"vqa-{run.name}-{run.seed}.log")
+    test = json.loads((folder / "vqa_results.json").read_text())["models"][run.name]["test"]
+    return {f"vqa/{run.name}/test/{k}": float(v) for k, v in test.items()}
+
+
 SUITES: dict[str, Callable[[Run, Path, bool], dict[str, float]]] = {
     "aligner": _aligner,
     "avclips": _fuse("builtin:avclips"),
     "avdigits": _fuse("builtin:avdigits"),
     "caption": _caption,
     "flava": _flava,
+    "vqa": _vqa,
 }
 
 
