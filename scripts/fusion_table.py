@@ -112,7 +112,7 @@ def vqa(out: Path, device: str, epochs: int | None, train_size: int | None, name
             cells = " | ".join(f"{acc[q]:.3f}" for q in QUESTION_TYPES)
             lines.append(f"| {name} | {split} | {acc['all']:.3f} | {cells} | {r.best_epoch + 1}/{epochs} | {r.seconds:.0f} |")
         (out / f"vqa_table{'' if list(names) == list(VQA_MODELS) else '-' + '-'.join(names)}.md").write_text("\n".join(lines) + "\n")
-        found[name] = {**found.get(name, {}), "best_epoch": r.best_epoch + 1, "train_seconds": r.seconds}
+        found[name].update(best_epoch=r.best_epoch + 1, train_seconds=r.seconds)
         (out / "vqa_results.json").write_text(json.dumps({"seed": seed, "epochs": epochs, "models": found}, indent=1) + "\n")
     return lines
 

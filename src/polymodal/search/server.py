@@ -323,13 +323,10 @@ def serve_searcher(searcher: Searcher, *, host: str = "127.0.0.1", port: int = 8
     """
     import uvicorn
 
-    config = config or ServerConfig()
-    if config.model_threads is None:
-        config = replace(config, model_threads=torch.get_num_threads())
+    app = create_app(searcher, config)  # takes torch's thread count for the text lane before this thread drops to 1
     # Requests run in parallel threads, one query each; OpenMP fan-out inside a single query costs more in
     # synchronisation than it saves (20 ms instead of 1 ms per exact query at 10k items on 2 busy cores).
     use_threads(1)
-    app = create_app(searcher, config)
     if host not in LOOPBACK_HOSTS:
         log.warning("serving on %s: reachable from other machines; there is no authentication", host)
     uvicorn.run(app, host=host, port=port, log_level="info")
