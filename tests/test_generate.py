@@ -164,3 +164,61 @@ def test_training_resumes_bit_identically_ema_included(tmp_path, monkeypatch) ->
     assert [h["step"] for h in resumed.history] == [50, 100, 120]
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
     assert_same_state(resumed.model, whole.model)  # the EMA weights, which sampling uses
+
+
+# ---------------------------------------------------------------- the colour-and-shape prompt check
+def _real_pairs() -> tuple[list[str], list]:  # type: ignore[type-arg]
+    from polymodal.data.openmoji import load_openmoji
+    from polymodal.generate.prompt_match import COLOURS, SHAPES
+
+    by_text = {r.text: r.image for r in load_openmoji(None)}
+    pairs = [f"{c} {s}" for s in SHAPES for c in COLOURS]
+    return pairs, to_pil(from_pil([by_text[p] for p in pairs]))
+
+
+def test_prompt_match_is_right_on_every_real_colour_shape_emoji_and_only_there() -> None:
+    from polymodal.generate.prompt_match import prompt_match
+
+    pairs, images = _real_pairs()
+    m = prompt_match(images, [f"a {p}" for p in pairs])
+    assert (m.colour, m.shape, m.both) == (1.0, 1.0, 1.0)
+    assert m.found == [tuple(p.split()) for p in pairs]
+    # Every image against every other prompt: matches exactly on the diagonal (18 of 324).
+    crossed = prompt_match([im for im in images for _ in pairs], [f"a {p}" for _ in pairs for p in pairs])
+    assert crossed.both == pytest.approx(1 / len(pairs))
+    assert crossed.colour == pytest.approx(1 / 6) and crossed.shape == pytest.approx(1 / 3)
+
+
+def test_prompt_match_edge_cases() -> None:
+    from PIL import Image
+
+    from polymodal.errors import ConfigError
+    from polymodal.generate.prompt_match import dominant_colour, parse_prompt, prompt_match, shape_of
+
+    blank = Image.new("RGB", (32, 32), "white")
+    assert dominant_colour(blank) is None and shape_of(blank) is None
+    assert prompt_match([blank], ["a red circle"]).both == 0.0
+    assert parse_prompt("An Orange square ") == ("orange", "square")
+    with pytest.raises(ConfigError, match="COLOUR SHAPE"):
+        parse_prompt("a teal hexagon")
+    with pytest.raises(ConfigError, match="as many prompts"):
+        prompt_match([blank], [])
+
+
+def test_recolour_repaints_the_fill_and_variants_never_produce_held_out_captions() -> None:
+    from polymodal.generate.prompt_match import COLOURS, colour_variants, prompt_match, recolour
+
+    pairs, images = _real_pairs()
+    circle = images[pairs.index("red circle")]
+    repainted = [recolour(circle, "red", c) for c in COLOURS]
+    assert prompt_match(repainted, [f"a {c} circle" for c in COLOURS]).both == 1.0
+    # red -> red keeps the image up to HSV rounding and the hue snapping to the palette's
+    diff = np.abs(np.asarray(repainted[0], dtype=int) - np.asarray(circle, dtype=int))
+    assert diff.max() <= 8 and diff.mean() < 1.0
+    texts = ["red circle", "blue circle", "red thing"]
+    out_t, out_i = colour_variants(texts, [circle, circle, circle], exclude={"green circle"})
+    assert "green circle" not in out_t and "blue circle" not in out_t and "red circle" not in out_t
+    assert {"orange circle", "yellow circle", "purple circle"} <= set(out_t)
+    assert {"green thing", "blue thing"} <= set(out_t) and len(out_t) == len(out_i) == 3 + 5
+    # A caption whose colour is not the image's dominant one gives nothing.
+    assert colour_variants(["green circle"], [circle]) == ([], [])

@@ -31,16 +31,19 @@ def generate() -> None:
 @click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--conditional/--unconditional", default=True, show_default=True,
               help="condition on the MiniLM embedding of each caption, or learn the images alone (a baseline)")
+@click.option("--recolour/--no-recolour", default=False, show_default=True,
+              help="add recoloured copies of single-colour pairs ('red apple' -> 'blue apple'), never producing a "
+                   "validation or test caption")
 @seed_option()
 @json_option
 @quiet_option
-def train(data: str, out: str, steps: int, batch_size: int, channels: int, lr: float, conditional: bool, seed: int,
-          as_json: bool, quiet: bool) -> None:
+def train(data: str, out: str, steps: int, batch_size: int, channels: int, lr: float, conditional: bool, recolour: bool,
+          seed: int, as_json: bool, quiet: bool) -> None:
     """Train the text-to-image flow model (classifier-free guidance) on 32x32 images."""
     from polymodal.recipes import generate as recipe
 
     r = recipe.train(data, out, steps=steps, batch_size=batch_size, channels=channels, lr=lr, conditional=conditional,
-                     seed=seed, log=stderr_log(quiet, as_json))
+                     recolour=recolour, seed=seed, log=stderr_log(quiet, as_json))
     if as_json:
         echo_json({"out": str(r.out), "pairs": r.pairs, "conditional": r.conditional, "history": r.history})
         return

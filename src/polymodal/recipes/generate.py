@@ -18,7 +18,7 @@ class GeneratorTrained:
 
 
 def train(data: str, out: str, *, steps: int = 500, batch_size: int = 48, channels: int = 32, lr: float = 2e-3,
-          conditional: bool = True, seed: int = 0, log: Log | None = None) -> GeneratorTrained:
+          conditional: bool = True, recolour: bool = False, seed: int = 0, log: Log | None = None) -> GeneratorTrained:
     """Train the 32x32 text-to-image flow model (MiniLM text embeddings, classifier-free guidance) on the
     train split of ``data``'s image-text pairs and save it to ``out``; the defaults are those of
     docs/vision-language.md (scripts/vision_language/generate_eval.py)."""
@@ -30,14 +30,22 @@ def train(data: str, out: str, *, steps: int = 500, batch_size: int = 48, channe
 
     require_source(data, command="generate train", needs="image-text pairs", kinds=("manifest",))
     pairs = load_pairs(data, "train")
-    images = from_pil(list(pairs.images))
-    cond = MiniLMTextTower.pretrained().encode(pairs.texts, normalize=True) if conditional else None
+    texts, pil = list(pairs.texts), list(pairs.images)
+    if recolour:
+        from polymodal.generate.prompt_match import colour_variants
+
+        held_out = {t for split in ("val", "test") for t in load_pairs(data, split).texts}
+        extra_t, extra_i = colour_variants(texts, pil, exclude=held_out)
+        say(log, f"recolouring: {len(extra_t)} extra pairs")
+        texts, pil = texts + extra_t, pil + extra_i
+    images = from_pil(pil)
+    cond = MiniLMTextTower.pretrained().encode(texts, normalize=True) if conditional else None
     cfg = GeneratorTrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, model={"channels": channels})
-    say(log, f"training the {'conditional' if conditional else 'unconditional'} generator: {len(pairs)} images, "
+    say(log, f"training the {'conditional' if conditional else 'unconditional'} generator: {len(texts)} images, "
              f"{steps} steps")
     res = train_generator(images, cond, cfg, on_history=history_line(log, steps))
-    save(res.model, out, extra={"history": res.history, "steps": steps, "data": data})
-    return GeneratorTrained(Path(out), len(pairs), conditional, res.history)
+    save(res.model, out, extra={"history": res.history, "steps": steps, "data": data, "recolour": recolour})
+    return GeneratorTrained(Path(out), len(texts), conditional, res.history)
 
 
 @dataclass
