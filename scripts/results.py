@@ -4,7 +4,7 @@
 
 Each suite trains and evaluates through the documented commands (``polymodal demo``, ``polymodal fuse
 train/eval``, ``scripts/vision_language/flava_ablation.py`` and ``caption_eval.py``, ``scripts/fusion_table.py
---only vqa``) for the seeds ``docs/results.json`` names, one
+--only vqa``, ``polymodal generate train`` with ``prompt_match_eval.py``) for the seeds ``docs/results.json`` names, one
 CPU thread per run, ``--jobs`` runs at a time. A figure's value is the mean over its seeds; its standard
 error is ``s / sqrt(k)`` over k seeds, or for a one-seed figure the sampling standard error its command
 reports. A figure passes when
@@ -20,7 +20,7 @@ and updates the doc's table by hand (``tests/test_results.py`` checks each figur
 
 Takes long: on 2 cores with ``--jobs 1`` the aligner, avclips and FLAVA suites took about 15 minutes
 (warm feature cache) and avdigits about 8; caption runs took 1,110-1,232 s and VQA runs ~2,500 s each, three
-side by side on 2 cores (2026-12-05); not part of ``make test``.
+side by side on 2 cores (2026-12-05); generate runs about 10 minutes each, three side by side; not part of ``make test``.
 """
 
 from __future__ import annotations
@@ -131,12 +131,24 @@ def _vqa(run: Run, out: Path, reuse: bool) -> dict[str, float]:
     return {f"vqa/{run.name}/test/{k}": float(v) for k, v in test.items()}
 
 
+def _generate(run: Run, out: Path, reuse: bool) -> dict[str, float]:
+    """Text-to-image with ``--recolour`` (500 steps): prompt-match on the 18 colour-and-shape prompts, all and unseen."""
+    folder = out / "generate" / f"{run.name}-seed{run.seed}"
+    if not (reuse and (folder / "config.json").exists()):
+        _sh([*POLYMODAL, "generate", "train", "--out", str(folder), "--steps", "500", "--recolour", "--seed",
+             str(run.seed), "-q"], out / "logs" / f"generate-{run.name}-{run.seed}.log")
+    got = json.loads(_sh([sys.executable, "scripts/vision_language/prompt_match_eval.py", str(folder), "--num", "16",
+                          "--seed", "0"], out / "logs" / f"prompt-match-{run.name}-{run.seed}.log"))
+    return {f"generate/{run.name}/prompt_match/{k}": float(got[k]) for k in ("both", "unseen_both")}
+
+
 SUITES: dict[str, Callable[[Run, Path, bool], dict[str, float]]] = {
     "aligner": _aligner,
     "avclips": _fuse("builtin:avclips"),
     "avdigits": _fuse("builtin:avdigits"),
     "caption": _caption,
     "flava": _flava,
+    "generate": _generate,
     "vqa": _vqa,
 }
 
