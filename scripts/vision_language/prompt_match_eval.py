@@ -40,8 +40,8 @@ def main() -> None:
         m = prompt_match(images, [prompts[r] for r in rows])
         keep = [k for k, r in enumerate(rows) if r in unseen]
         u = prompt_match([images[k] for k in keep], [prompts[rows[k]] for k in keep])
-        per = {pairs[i]: sum(m.found[k] == tuple(pairs[i].split()) for k in range(len(rows)) if rows[k] == i) / args.num
-               for i in range(len(pairs))}
+        right = [found == tuple(pairs[r].split()) for found, r in zip(m.found, rows, strict=True)]
+        per = {p: sum(right[i * args.num:(i + 1) * args.num]) / args.num for i, p in enumerate(pairs)}
         print(json.dumps({"model": path, "num": args.num, "seed": args.seed, "guidance": args.guidance,
                           "both": m.both, "colour": m.colour, "shape": m.shape,
                           "unseen_pairs": [pairs[i] for i in unseen], "unseen_both": u.both,

@@ -61,10 +61,10 @@ def parse_prompt(prompt: str) -> tuple[str, str]:
     return m.group(1), m.group(2)
 
 
-def _coloured(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
-    """Hue in degrees of every pixel ``(H, W)`` and the mask of coloured pixels."""
+def _coloured(image: Image.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The image's ``(H, W, 3)`` HSV in [0, 1], the hue in degrees and the mask of coloured pixels."""
     hsv = np.asarray(image.convert("RGB").convert("HSV"), dtype=np.float64) / 255.0
-    return hsv[..., 0] * 360.0, (hsv[..., 1] > 0.15) & (hsv[..., 2] > 0.3)
+    return hsv, hsv[..., 0] * 360.0, (hsv[..., 1] > 0.15) & (hsv[..., 2] > 0.3)
 
 
 def _in_bin(hue: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -73,7 +73,7 @@ def _in_bin(hue: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 def dominant_colour(image: Image.Image) -> str | None:
     """The colour name whose hue bin holds most coloured pixels; ``None`` when nothing is coloured."""
-    hue, mask = _coloured(image)
+    _, hue, mask = _coloured(image)
     if not mask.any():
         return None
     counts = {name: int(_in_bin(hue[mask], lo, hi).sum()) for name, (lo, hi) in COLOURS.items()}
@@ -105,7 +105,7 @@ def _templates() -> dict[str, np.ndarray]:
 
 def shape_of(image: Image.Image) -> str | None:
     """The template shape best overlapping the coloured pixels; ``None`` when fewer than 4 are coloured."""
-    _, mask = _coloured(image)
+    *_, mask = _coloured(image)
     if mask.sum() < 4:
         return None
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
@@ -121,8 +121,7 @@ def recolour(image: Image.Image, source: str, target: str) -> Image.Image:
     Each pixel of the source hue bin gets the target hue, and its saturation and value scaled by the ratio of
     the two palette colours, so a flat fill becomes the target fill and its anti-aliased edges stay blended.
     """
-    hsv = np.asarray(image.convert("RGB").convert("HSV"), dtype=np.float64) / 255.0
-    hue, mask = hsv[..., 0] * 360.0, (hsv[..., 1] > 0.15) & (hsv[..., 2] > 0.3)
+    hsv, hue, mask = _coloured(image)
     sel = mask & _in_bin(hue, *COLOURS[source])
     (_, s0, v0), (h1, s1, v1) = PALETTE[source], PALETTE[target]
     out = hsv.copy()
