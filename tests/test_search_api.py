@@ -503,6 +503,19 @@ def test_responses_cannot_be_embedded_by_other_sites(setup):
     assert r.headers["cross-origin-resource-policy"] == "same-origin"
 
 
+@pytest.mark.parametrize("path", ["/", "/static/app.js", "/api/info", "/api/search?q=a+red+circle&k=2",
+                                  "/api/search?q=", "/api/items/999999/thumbnail", "/no/such/page"])
+def test_every_response_carries_the_security_headers(setup, path):
+    # Pages, JSON, validation errors (422) and not-found answers alike: the headers are added around the
+    # whole app, not per endpoint.
+    r = setup[0].get(path)
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["content-security-policy"].startswith("default-src 'self'")
+    assert r.headers["referrer-policy"] == "no-referrer"
+    assert r.headers["cross-origin-resource-policy"] == "same-origin"
+    assert len(r.headers.get_list("content-security-policy")) == 1
+
+
 # --- robustness ------------------------------------------------------------------------------------
 
 
