@@ -13,6 +13,7 @@ from polymodal.cli.options import (
     out_option,
     progress_on,
     quiet_option,
+    resume_option,
     seed_option,
     stderr_log,
 )
@@ -33,14 +34,16 @@ def caption() -> None:
 @click.option("--image-size", default=224, show_default=True, type=click.IntRange(min=32))
 @click.option("--label-smoothing", default=0.1, show_default=True, type=float)
 @seed_option()
+@resume_option
 @quiet_option
 def train(data: str, out: str, epochs: int, dim: int, depth: int, image_size: int, label_smoothing: float, seed: int,
-          quiet: bool) -> None:
+          resume: bool, quiet: bool) -> None:
     """Train a captioner (frozen EfficientNet grid, transformer decoder)."""
     from polymodal.recipes import caption as recipe
 
     r = recipe.train(data, out, epochs=epochs, dim=dim, depth=depth, image_size=image_size,
-                     label_smoothing=label_smoothing, seed=seed, progress=progress_on(quiet), log=stderr_log(quiet))
+                     label_smoothing=label_smoothing, seed=seed, resume=resume, progress=progress_on(quiet),
+                     log=stderr_log(quiet))
     click.echo(f"loss {r.history[0]['loss']:.3f} -> {r.history[-1]['loss']:.3f} on {r.pairs} pairs; wrote {out}")
 
 

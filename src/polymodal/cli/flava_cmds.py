@@ -11,6 +11,7 @@ from polymodal.cli.options import (
     model_option,
     out_option,
     quiet_option,
+    resume_option,
     seed_option,
     stderr_log,
 )
@@ -32,15 +33,16 @@ def flava() -> None:
 @click.option("--width", default=96, show_default=True, type=click.IntRange(min=8))
 @click.option("--layers", default=2, show_default=True, type=click.IntRange(min=1), help="depth of each encoder")
 @seed_option()
+@resume_option
 @json_option
 @quiet_option
 def pretrain(data: str, out: str, epochs: int, batch_size: int, lr: float, image_size: int, patch_size: int, width: int,
-             layers: int, seed: int, as_json: bool, quiet: bool) -> None:
+             layers: int, seed: int, resume: bool, as_json: bool, quiet: bool) -> None:
     """Pretrain with MLM, MIM, masked multimodal modelling, image-text matching and the contrastive loss."""
     from polymodal.recipes import flava as recipe
 
     shape = recipe.FlavaShape(image_size=image_size, patch_size=patch_size, width=width, layers=layers)
-    r = recipe.pretrain(data, out, shape=shape, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+    r = recipe.pretrain(data, out, shape=shape, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, resume=resume,
                         log=stderr_log(quiet, as_json))
     if as_json:
         echo_json({"out": str(r.out), "pairs": r.pairs, "seconds": r.seconds, "history": r.history})
@@ -58,15 +60,16 @@ def pretrain(data: str, out: str, epochs: int, batch_size: int, lr: float, image
 @click.option("--lr", default=5e-4, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--train-size", default=4000, show_default=True, type=click.IntRange(min=1), help="training scenes")
 @seed_option()
+@resume_option
 @json_option
 @quiet_option
 def vqa(model_dir: str | None, data: str, out: str, epochs: int, batch_size: int, lr: float, train_size: int, seed: int,
-        as_json: bool, quiet: bool) -> None:
+        resume: bool, as_json: bool, quiet: bool) -> None:
     """Fine-tune a VQA head on [CLS_M] with the whole model; the best validation epoch is kept."""
     from polymodal.recipes import flava as recipe
 
     r = recipe.vqa(out, model_dir=model_dir, data=data, epochs=epochs, batch_size=batch_size, lr=lr,
-                   sizes={"train": train_size}, seed=seed, log=stderr_log(quiet, as_json))
+                   sizes={"train": train_size}, seed=seed, resume=resume, log=stderr_log(quiet, as_json))
     if as_json:
         echo_json({"out": str(r.out), "best_epoch": r.best_epoch, "val_accuracy": r.val_accuracy,
                    "test_accuracy": r.test_accuracy, "seconds": r.seconds})

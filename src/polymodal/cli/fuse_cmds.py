@@ -16,6 +16,7 @@ from polymodal.cli.options import (
     model_option,
     out_option,
     quiet_option,
+    resume_option,
     seed_option,
     split_option,
     stderr_log,
@@ -42,15 +43,17 @@ def fuse() -> None:
 @click.option("--select", default="auto", show_default=True, type=click.Choice(["auto", "all", "missing"]),
               help="validation score that keeps the epoch: accuracy with all modalities, or its mean with each one missing (auto: missing with modality dropout)")  # fmt: skip
 @click.option("--device", default="cpu", show_default=True)
+@resume_option
 @quiet_option
 def train_cmd(data: str, fusion: str, preset: str | None, out: str, epochs: int | None, seed: int, modality_dropout: float | None,
-              dropout_scheme: str | None, aux_loss_weight: float | None, select: str, device: str, quiet: bool) -> None:  # fmt: skip
+              dropout_scheme: str | None, aux_loss_weight: float | None, select: str, device: str, resume: bool,
+              quiet: bool) -> None:  # fmt: skip
     """Train a classifier; the epoch with the best validation score is kept."""
     from polymodal.recipes import fuse as recipe
 
     r = recipe.train(data, out, fusion=fusion, preset=preset, epochs=epochs, seed=seed, device=device,
                      modality_dropout=modality_dropout, dropout_scheme=dropout_scheme, aux_loss_weight=aux_loss_weight,
-                     select=select, log=stderr_log(quiet))  # fmt: skip
+                     select=select, resume=resume, log=stderr_log(quiet))  # fmt: skip
     click.echo(f"saved {out}: best epoch {r.best_epoch} (by {r.select}), val accuracy {r.val_accuracy:.4f} ({r.seconds:.0f} s)")
 
 

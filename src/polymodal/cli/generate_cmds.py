@@ -12,6 +12,7 @@ from polymodal.cli.options import (
     model_option,
     out_option,
     quiet_option,
+    resume_option,
     seed_option,
     stderr_log,
 )
@@ -35,15 +36,16 @@ def generate() -> None:
               help="add recoloured copies of single-colour pairs ('red apple' -> 'blue apple'), never producing a "
                    "validation or test caption")
 @seed_option()
+@resume_option
 @json_option
 @quiet_option
 def train(data: str, out: str, steps: int, batch_size: int, channels: int, lr: float, conditional: bool, recolour: bool,
-          seed: int, as_json: bool, quiet: bool) -> None:
+          seed: int, resume: bool, as_json: bool, quiet: bool) -> None:
     """Train the text-to-image flow model (classifier-free guidance) on 32x32 images."""
     from polymodal.recipes import generate as recipe
 
     r = recipe.train(data, out, steps=steps, batch_size=batch_size, channels=channels, lr=lr, conditional=conditional,
-                     recolour=recolour, seed=seed, log=stderr_log(quiet, as_json))
+                     recolour=recolour, seed=seed, resume=resume, log=stderr_log(quiet, as_json))
     if as_json:
         echo_json({"out": str(r.out), "pairs": r.pairs, "conditional": r.conditional, "history": r.history})
         return

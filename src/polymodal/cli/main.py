@@ -61,16 +61,30 @@ def main(argv: list[str] | None = None) -> int:
     except PolymodalError as e:
         click.echo(f"error: {e}", err=True)
         return 2
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except click.exceptions.Abort as e:  # click turns Ctrl-C inside a command into Abort
+        interrupted = isinstance(e.__cause__, KeyboardInterrupt)
+        click.echo(_interrupted(argv) if interrupted else "aborted", err=True)
         return 130
     except click.ClickException as e:
         e.show()
         return e.exit_code
     except KeyboardInterrupt:
-        click.echo("interrupted; the last checkpoint is kept (use --resume)", err=True)
+        click.echo(_interrupted(argv), err=True)
         return 130
     return 0
+
+
+def _interrupted(argv: list[str] | None) -> str:
+    """What a Ctrl-C left: for a command with ``--resume``, where its run continues from."""
+    cmd: click.Command = cli
+    for token in sys.argv[1:] if argv is None else argv:
+        sub = cmd.get_command(click.Context(cmd), token) if isinstance(cmd, click.Group) else None
+        if sub is None:
+            break
+        cmd = sub
+    if any(p.name == "resume" for p in cmd.params):
+        return "interrupted; the run is kept up to its last checkpoint in OUT: the same command with --resume continues it"
+    return "interrupted"
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@
 ``--seed``     the random seed of everything the command draws
 ``--split``    which split to read: train, val, test (or all)
 ``--quiet``    no progress on stderr
+``--resume``   continue a training command from OUT/checkpoint (every training command writes one)
 =============  ====================================================================================
 
 This module imports click and the data grammar alone: ``polymodal --help`` must not import torch.
@@ -61,6 +62,13 @@ def seed_option(default: int = 0) -> Callable[[F], F]:
 def split_option(default: str = "test", *, choices: Sequence[str] = SPLITS, help: str = "") -> Callable[[F], F]:
     return click.option("--split", default=default, show_default=True, type=click.Choice(list(choices)),
                         help=help or "which split to read")
+
+
+def resume_option(f: F) -> F:
+    """``--resume``: continue the run from ``OUT/checkpoint``, which training rewrites as it goes."""
+    return click.option("--resume", is_flag=True,
+                        help="continue from OUT/checkpoint, written as training goes: a crash or Ctrl-C loses at "
+                             "most the work since the last one")(f)
 
 
 def quiet_option(f: F) -> F:

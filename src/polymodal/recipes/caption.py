@@ -36,9 +36,11 @@ def _grids(images: Any, image_size: int, *, progress: bool) -> Tensor:
 
 
 def train(data: str, out: str, *, epochs: int = 60, dim: int = 192, depth: int = 2, image_size: int = 224,
-          label_smoothing: float = 0.1, seed: int = 0, progress: bool = True, log: Log | None = None) -> CaptionTrained:
+          label_smoothing: float = 0.1, seed: int = 0, resume: bool = False, progress: bool = True,
+          log: Log | None = None) -> CaptionTrained:
     """Train a captioner (frozen EfficientNet grid, transformer decoder) on the train split of ``data``'s
-    image-text pairs and save it to ``out``."""
+    image-text pairs and save it to ``out``. ``out/checkpoint`` is rewritten after every epoch; ``resume``
+    continues from it."""
     from polymodal.caption.train import CaptionTrainConfig, train_captioner
     from polymodal.data.pairs import load_pairs
     from polymodal.models.io import save
@@ -49,7 +51,8 @@ def train(data: str, out: str, *, epochs: int = 60, dim: int = 192, depth: int =
     cfg = CaptionTrainConfig(epochs=epochs, label_smoothing=label_smoothing, seed=seed,
                              model={"dim": dim, "depth": depth, "image_size": image_size})
     say(log, f"training the captioner: {len(pairs)} pairs, {epochs} epochs")
-    result = train_captioner(grids, pairs.texts, cfg, on_history=history_line(log, epochs))
+    result = train_captioner(grids, pairs.texts, cfg, on_history=history_line(log, epochs),
+                             checkpoint=Path(out) / "checkpoint", resume=resume)
     save(result.model, out, extra={"history": result.history, "data": data})
     return CaptionTrained(Path(out), len(pairs), result.history)
 

@@ -56,8 +56,9 @@ class Pretrained:
 
 
 def pretrain(data: str, out: str, *, shape: FlavaShape | None = None, epochs: int = 10, batch_size: int = 64,
-             lr: float = 1e-3, seed: int = 0, log: Log | None = None) -> Pretrained:
-    """Pretrain a FLAVA-style model on the train split of ``data``'s image-text pairs; save it to ``out``."""
+             lr: float = 1e-3, seed: int = 0, resume: bool = False, log: Log | None = None) -> Pretrained:
+    """Pretrain a FLAVA-style model on the train split of ``data``'s image-text pairs; save it to ``out``.
+    ``out/checkpoint`` is rewritten after every epoch; ``resume`` continues from it."""
     import torch
 
     from polymodal.data.pairs import load_pairs
@@ -80,7 +81,7 @@ def pretrain(data: str, out: str, *, shape: FlavaShape | None = None, epochs: in
         return {}
 
     result = pretrain(model, pixels(list(pairs.images), size=shape.image_size), pairs.captions, tokenizer, cfg,
-                      on_epoch=on_epoch)
+                      on_epoch=on_epoch, checkpoint=Path(out) / "checkpoint", resume=resume)
     save(model, out, extra={"data": data, "weights": cfg.weights, "history": result.history})
     return Pretrained(Path(out), len(pairs), result.history, result.seconds)
 
@@ -102,9 +103,10 @@ class VqaTrained:
 
 def vqa(out: str, *, model_dir: str | None = None, data: str = "builtin:shapes-vqa", epochs: int = 12,
         batch_size: int = 64, lr: float = 5e-4, sizes: dict[str, int] | None = None, seed: int = 0,
-        log: Log | None = None) -> VqaTrained:
+        resume: bool = False, log: Log | None = None) -> VqaTrained:
     """Fine-tune a VQA head on [CLS_M] with the whole model (a pretrained folder, or from scratch without
-    ``model_dir``) on generated shapes scenes; keep the best validation epoch; score the test split once."""
+    ``model_dir``) on generated shapes scenes; keep the best validation epoch; score the test split once.
+    ``out/checkpoint`` is rewritten after every epoch; ``resume`` continues from it."""
     import copy
 
     import torch
@@ -143,7 +145,7 @@ def vqa(out: str, *, model_dir: str | None = None, data: str = "builtin:shapes-v
     say(log, f"fine-tuning for VQA: {sizes['train']} questions, {epochs} epochs")
     fit = finetune_vqa(model, tensors["train"], tensors["val"],
                        VqaConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
-                       on_history=history_line(log, epochs))
+                       on_history=history_line(log, epochs), checkpoint=Path(out) / "checkpoint", resume=resume)
     test_acc = evaluate_vqa(model, tensors["test"])
     save(model, out, extra={"data": data, "pretrained": model_dir, "history": fit.history, "best_epoch": fit.best_epoch,
                       "val_accuracy": fit.best_val_acc, "test_accuracy": test_acc})

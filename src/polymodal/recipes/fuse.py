@@ -29,16 +29,18 @@ def _check_data(data: str | None, command: str) -> str | None:
 
 def train(data: str, out: str, *, fusion: str = "tensor", preset: str | None = None, epochs: int | None = None,
           seed: int = 0, device: str = "cpu", modality_dropout: float | None = None, dropout_scheme: str | None = None,
-          aux_loss_weight: float | None = None, select: str = "auto", log: Log | None = None) -> FitResult:
+          aux_loss_weight: float | None = None, select: str = "auto", resume: bool = False,
+          log: Log | None = None) -> FitResult:
     """Train a classifier on ``data`` (builtin:avdigits, builtin:avclips or builtin:shapes-vqa) and save it to ``out``; the
-    epoch with the best validation score is kept. ``log`` gets one line per epoch."""
+    epoch with the best validation score is kept. ``log`` gets one line per epoch; ``out/checkpoint`` is rewritten
+    after every epoch and ``resume`` continues from it."""
     from polymodal.train.classifier_fit import train_run
 
     data = _check_data(data, "fuse train") or data
     say(log, f"training a {preset or fusion} classifier on {data}")
     return train_run(data, out, fusion=fusion, preset=preset, epochs=epochs, seed=seed, device=device,
                      modality_dropout=modality_dropout, dropout_scheme=dropout_scheme,
-                     aux_loss_weight=aux_loss_weight, select=select, log=log)
+                     aux_loss_weight=aux_loss_weight, select=select, resume=resume, log=log)
 
 
 def evaluate(model_dir: str, *, data: str | None = None, split: str = "test") -> dict[str, Any]:

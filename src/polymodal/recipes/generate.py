@@ -18,10 +18,12 @@ class GeneratorTrained:
 
 
 def train(data: str, out: str, *, steps: int = 500, batch_size: int = 48, channels: int = 32, lr: float = 2e-3,
-          conditional: bool = True, recolour: bool = False, seed: int = 0, log: Log | None = None) -> GeneratorTrained:
+          conditional: bool = True, recolour: bool = False, seed: int = 0, resume: bool = False,
+          log: Log | None = None) -> GeneratorTrained:
     """Train the 32x32 text-to-image flow model (MiniLM text embeddings, classifier-free guidance) on the
     train split of ``data``'s image-text pairs and save it to ``out``; the defaults are those of
-    docs/vision-language.md (scripts/vision_language/generate_eval.py)."""
+    docs/vision-language.md (scripts/vision_language/generate_eval.py). ``out/checkpoint`` is rewritten
+    every 50 steps; ``resume`` continues from it."""
     from polymodal.data.pairs import load_pairs
     from polymodal.generate.model import from_pil
     from polymodal.generate.train import GeneratorTrainConfig, train_generator
@@ -43,7 +45,8 @@ def train(data: str, out: str, *, steps: int = 500, batch_size: int = 48, channe
     cfg = GeneratorTrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, model={"channels": channels})
     say(log, f"training the {'conditional' if conditional else 'unconditional'} generator: {len(texts)} images, "
              f"{steps} steps")
-    res = train_generator(images, cond, cfg, on_history=history_line(log, steps))
+    res = train_generator(images, cond, cfg, on_history=history_line(log, steps), checkpoint=Path(out) / "checkpoint",
+                          resume=resume)
     save(res.model, out, extra={"history": res.history, "steps": steps, "data": data, "recolour": recolour})
     return GeneratorTrained(Path(out), len(texts), conditional, res.history)
 

@@ -397,10 +397,12 @@ def train_run(
     dropout_scheme: str | None = None,
     aux_loss_weight: float | None = None,
     select: str = "auto",
+    resume: bool = False,
     log: Any = None,
     progress: bool = False,
 ) -> FitResult:
-    """Load ``data``, build the preset, train with model selection on val, save to ``out``.
+    """Load ``data``, build the preset, train with model selection on val, save to ``out``; ``out/checkpoint``
+    is rewritten after every epoch and ``resume`` continues from it.
 
     ``modality_dropout``, ``dropout_scheme`` and ``aux_loss_weight`` override the preset's when given;
     ``select``, ``log`` and ``progress`` are :func:`fit_classifier`'s. ``epochs=None`` and the batch size, learning rate and (for
@@ -416,7 +418,7 @@ def train_run(
     recipe = RECIPES.get(data, DEFAULT_RECIPE)
     splits = load_data(data, splits=("train", "val"), vqa_sizes=recipe.vqa_sizes, vqa_train_mix=recipe.vqa_train_mix)
     result = fit_classifier(config, splits, epochs=recipe.epochs if epochs is None else epochs, batch_size=recipe.batch_size,
-                            lr=recipe.lr, seed=seed, device=device, select=select, log=log,
-                            progress=progress)  # fmt: skip
+                            lr=recipe.lr, seed=seed, device=device, select=select, log=log, progress=progress,
+                            checkpoint=Path(out) / "checkpoint", resume=resume)  # fmt: skip
     save_classifier(result, out, data=data, extra={"preset": preset or default_preset(data, fusion), "seed": seed})
     return result
