@@ -1,10 +1,12 @@
 """``polymodal index build`` end to end against the bare image tower on the same images, and its peak memory.
 
-    python benchmarks/bench_index.py [--images 1000] [--photo-size 2000x1500] [--memory-sizes 1000 4000] [--no-onnx]
+    python benchmarks/bench_index.py [--images 1000] [--photo-size 2000x1500] [--fit pad|crop] [--memory-sizes 1000 4000] [--no-onnx]
 
 Writes N synthetic images once into ``--work`` (three in four photo-like JPEGs with texture, 640x480 or
-``--photo-size``, one in four 256x256 PNG drawings; no sample photographs), saves the default aligner (pretrained towers,
-untrained heads: the tower costs what it costs with a trained model), and measures side by side:
+``--photo-size``, one in four 256x256 PNG drawings; no sample photographs), saves an aligner with the
+default model's architecture (pretrained towers, untrained heads: the tower costs what it costs with a trained
+model) and framing: ``--fit pad``, the whole image padded to a square as ``polymodal demo``'s model does
+(the default), or ``--fit crop``, the TF centre crop (``AlignerConfig``'s default). It measures side by side:
 
 - ``tower_images_per_s``: the bare image tower (``model.encode_image`` on preprocessed tensors, batch
   ``--batch-size``) over the same N images; decoding and preprocessing happen outside the clock.
@@ -83,14 +85,18 @@ def image_folder(work: Path, n: int, photo_size: tuple[int, int] = (640, 480)) -
     return root
 
 
-def model_folder(work: Path) -> Path:
-    path = work / "model"
+def model_folder(work: Path, fit: str = "pad") -> Path:
+    """``work/model-FIT``: an untrained aligner of the demo's architecture framing images by ``fit``, saved once."""
+    path = work / f"model-{fit}"
     if not (path / "config.json").is_file():
-        from polymodal.models.aligner import Aligner, AlignerConfig
+        from dataclasses import replace
+
+        from polymodal.models.aligner import Aligner
         from polymodal.models.io import save
+        from polymodal.recipes.presets import DEMO_MODEL
 
         torch.manual_seed(0)
-        save(Aligner(AlignerConfig()), path)
+        save(Aligner(replace(DEMO_MODEL, image_fit=fit)), path)
     return path
 
 
@@ -186,6 +192,8 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--photo-size", type=_size, default=(640, 480), metavar="WxH",
                     help="size of the JPEG photos (real photo folders are mostly 4000x3000-ish JPEGs)")
+    ap.add_argument("--fit", choices=("pad", "crop"), default="pad",
+                    help="the model's framing: pad (as polymodal demo's model) or crop (AlignerConfig's default)")
     ap.add_argument("--memory-sizes", type=int, nargs="*", default=[],
                     help="image counts for the peak-memory lines (e.g. 1000 4000 10000)")
     ap.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True,
@@ -198,7 +206,7 @@ def main() -> int:
     from polymodal.models.io import load
 
     args.work.mkdir(parents=True, exist_ok=True)
-    model_dir = model_folder(args.work)
+    model_dir = model_folder(args.work, args.fit)
     folder = image_folder(args.work, args.images, args.photo_size)
     model = load(model_dir)
     tower = tower_images_per_s(model, folder, args.batch_size)
@@ -209,7 +217,7 @@ def main() -> int:
     line: dict[str, Any] = {
         "benchmark": "index_build", "images": n,
         "image_mix": f"3/4 {args.photo_size[0]}x{args.photo_size[1]} JPEG, 1/4 256x256 PNG",
-        "batch_size": args.batch_size, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+        "fit": args.fit, "batch_size": args.batch_size, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
         "machine": platform.machine(),
         "tower_images_per_s": round(tower_mean, 1), "tower_before_after": [round(tower, 1), round(tower_after, 1)],
         "index_build_images_per_s": round(n / run["wall_s"], 1),
