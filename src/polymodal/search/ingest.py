@@ -447,9 +447,11 @@ def _embed(model: Any, w: IndexWriter, todo: list[tuple[str, str]], config: Buil
 def make_thumbnail(image: Image.Image, size: int) -> tuple[bytes, str]:
     """A JPEG of ``image`` with its longest side at most ``size``: (bytes, mime type)."""
     thumb = image.copy()
-    # reducing_gap=1: box-average down by an integer factor first, then Lanczos the last step (3x faster
-    # than Lanczos all the way from a photo, and the box step is an exact area average).
-    thumb.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=1.0)
+    # reducing_gap=1: box-average down by an integer factor first, then resample the last step. Bilinear
+    # (Pillow widens its triangle filter by the scale, so it still averages every pixel it shrinks from)
+    # takes 0.5 ms of a core for a 320x240 source where Lanczos takes 1.3 ms, a fifth of the per-file
+    # work beside the tower; at 192 px the two are hard to tell apart.
+    thumb.thumbnail((size, size), Image.Resampling.BILINEAR, reducing_gap=1.0)
     buf = io.BytesIO()
     thumb.convert("RGB").save(buf, "JPEG", quality=90)
     return buf.getvalue(), "image/jpeg"
