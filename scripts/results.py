@@ -20,7 +20,7 @@ and updates the doc's table by hand (``tests/test_results.py`` checks each figur
 
 Takes long: on 2 cores with ``--jobs 1`` the aligner, avclips and FLAVA suites took about 15 minutes
 (warm feature cache) and avdigits about 8; caption runs took 1,110-1,232 s and VQA runs ~2,500 s each, three
-side by side on 2 cores (2026-12-05); generate runs (6,000 steps) about 75 minutes each, three side by side; not part of ``make test``.
+side by side on 2 cores (2026-12-05); generate runs (10,000 steps) about 128 minutes each, three side by side; not part of ``make test``.
 """
 
 from __future__ import annotations
@@ -132,10 +132,10 @@ def _vqa(run: Run, out: Path, reuse: bool) -> dict[str, float]:
 
 
 def _generate(run: Run, out: Path, reuse: bool) -> dict[str, float]:
-    """Text-to-image with ``--recolour`` (6,000 steps): prompt-match on the 18 colour-and-shape prompts, all and unseen."""
+    """Text-to-image with ``--recolour`` (10,000 steps): prompt-match on the 18 colour-and-shape prompts, all and unseen."""
     folder = out / "generate" / f"{run.name}-seed{run.seed}"
     if not (reuse and (folder / "config.json").exists()):
-        _sh([*POLYMODAL, "generate", "train", "--out", str(folder), "--steps", "6000", "--recolour", "--seed",
+        _sh([*POLYMODAL, "generate", "train", "--out", str(folder), "--steps", "10000", "--recolour", "--seed",
              str(run.seed), "-q"], out / "logs" / f"generate-{run.name}-{run.seed}.log")
     got = json.loads(_sh([sys.executable, "scripts/vision_language/prompt_match_eval.py", str(folder), "--num", "16",
                           "--seed", "0"], out / "logs" / f"prompt-match-{run.name}-{run.seed}.log"))
