@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results.json"
 POLYMODAL = [sys.executable, "-m", "polymodal"]
 ROUNDING = 0.0005
+GENERATE_STEPS = 10_000  # the prompt-following recipe of docs/vision-language.md
 
 
 @dataclass(frozen=True)
@@ -132,10 +133,10 @@ def _vqa(run: Run, out: Path, reuse: bool) -> dict[str, float]:
 
 
 def _generate(run: Run, out: Path, reuse: bool) -> dict[str, float]:
-    """Text-to-image with ``--recolour`` (10,000 steps): prompt-match on the 18 colour-and-shape prompts, all and unseen."""
+    """Text-to-image with ``--recolour`` (``GENERATE_STEPS``): prompt-match on the 18 colour-and-shape prompts, all and unseen."""
     folder = out / "generate" / f"{run.name}-seed{run.seed}"
     if not (reuse and (folder / "config.json").exists()):
-        _sh([*POLYMODAL, "generate", "train", "--out", str(folder), "--steps", "10000", "--recolour", "--seed",
+        _sh([*POLYMODAL, "generate", "train", "--out", str(folder), "--steps", str(GENERATE_STEPS), "--recolour", "--seed",
              str(run.seed), "-q"], out / "logs" / f"generate-{run.name}-{run.seed}.log")
     got = json.loads(_sh([sys.executable, "scripts/vision_language/prompt_match_eval.py", str(folder), "--num", "16",
                           "--seed", "0"], out / "logs" / f"prompt-match-{run.name}-{run.seed}.log"))
