@@ -37,7 +37,7 @@ from polymodal.train.classifier_fit import (
 )
 
 AV_MODELS = ("image", "audio", "early", "late", "tensor", "low_rank", "gated", "cross_modal")
-VQA_MODELS = ("vqa-cross", "vqa-question", "vqa-image")
+VQA_MODELS = ("vqa-cross", "vqa-relation", "vqa-question", "vqa-image")
 
 
 def log(msg: str) -> None:

@@ -12,7 +12,11 @@ from polymodal.errors import ConfigError, ShapeError
 from polymodal.fusion import FUSIONS, CrossModalFusion, LowRankFusion, TensorFusion
 
 DIMS = {"image": 6, "audio": 5}
-OPTIONS = {"cross_modal": {"model_dim": 8, "heads": 2, "depth": 1}, "low_rank": {"rank": 3}}
+OPTIONS = {
+    "cross_modal": {"model_dim": 8, "heads": 2, "depth": 1},
+    "low_rank": {"rank": 3},
+    "relation": {"model_dim": 8, "g_depth": 2, "coordinates": False},  # 3 tokens are no square grid
+}
 
 
 def _inputs(batch: int = 4, tokens: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

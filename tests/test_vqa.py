@@ -29,7 +29,7 @@ def _cells_config(positions: str = "rows_cols") -> ImageEncoderConfig:
 
 def test_vqa_presets_put_one_image_token_on_each_scene_cell() -> None:
     grid = ShapesConfig().grid
-    for name in ("vqa-cross", "vqa-image"):
+    for name in ("vqa-cross", "vqa-image", "vqa-relation"):
         cfg = load_preset(name)
         assert isinstance(cfg, ClassifierConfig)
         image = cfg.encoders["image"]
@@ -37,8 +37,13 @@ def test_vqa_presets_put_one_image_token_on_each_scene_cell() -> None:
         # the token stride (image_size / token_grid pixels) is the cell side: a token sees one cell
         assert image.token_grid == grid
         assert image.num_tokens == grid * grid
-        # each cell token also says what lies left of, right of, above and below it (the relations)
-        assert image.context == "directions"
+        # each cell token also says what lies left of, right of, above and below it (the relations);
+        # the Relation Network compares every pair of cells and their coordinates instead
+        assert image.context == ("none" if name == "vqa-relation" else "directions")
+    relation = load_preset("vqa-relation")
+    assert isinstance(relation, ClassifierConfig) and relation.fusion.kind == "relation"
+    assert relation.fusion.options["objects"] == "image" and relation.fusion.options.get("coordinates", True)
+    assert classifier_fit.default_preset("builtin:shapes-vqa", "relation") == "vqa-relation"
     cross, image_only = load_preset("vqa-cross"), load_preset("vqa-image")
     assert isinstance(cross, ClassifierConfig) and isinstance(image_only, ClassifierConfig)
     assert cross.encoders["image"] == image_only.encoders["image"]  # the baseline sees the same encoder

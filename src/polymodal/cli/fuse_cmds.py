@@ -31,7 +31,7 @@ def fuse() -> None:
 @fuse.command("train")
 @data_option("a labelled multimodal set (builtin:avdigits, builtin:avclips or builtin:shapes-vqa)", required=True)
 @click.option("--fusion", default="tensor", show_default=True,
-              help="early, late, tensor, low_rank, gated, cross_modal (avclips: gated, late, early); or image/video/audio/question for a unimodal baseline")  # fmt: skip
+              help="early, late, tensor, low_rank, gated, cross_modal (shapes-vqa: cross_modal, relation; avclips: gated, late, early); or image/video/audio/question for a unimodal baseline")  # fmt: skip
 @click.option("--preset", default=None, help="a preset name or JSON file instead of the one --fusion picks")
 @out_option("model folder to write")
 @click.option("--epochs", default=None, type=click.IntRange(min=1), help="default: the data's recipe (avdigits 15, avclips 10, shapes-vqa see docs/fusion.md)")

@@ -11,6 +11,7 @@ from polymodal.fusion.early import EarlyFusion
 from polymodal.fusion.gated import GatedFusion
 from polymodal.fusion.late import LateFusion
 from polymodal.fusion.low_rank import LowRankFusion
+from polymodal.fusion.relation import RelationFusion
 from polymodal.fusion.tensor import TensorFusion
 
 FUSIONS: dict[str, type[Fusion]] = {
@@ -20,6 +21,7 @@ FUSIONS: dict[str, type[Fusion]] = {
     "low_rank": LowRankFusion,
     "gated": GatedFusion,
     "cross_modal": CrossModalFusion,
+    "relation": RelationFusion,
 }
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "GatedFusion",
     "LateFusion",
     "LowRankFusion",
+    "RelationFusion",
     "TensorFusion",
     "masked_mean",
 ]

@@ -81,6 +81,24 @@ class Fusion(nn.Module):
         keep = present.view(-1, *([1] * (x.ndim - 1)))  # (B, 1) or (B, 1, 1)
         return torch.where(keep, x, self.missing[modality].to(x.dtype))
 
+    def tokens(self, features: Mapping[str, Tensor], present: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None,
+               modality: str) -> tuple[Tensor, Tensor]:
+        """One modality's missing-filled ``(B, N, D)`` tokens (a ``(B, D)`` vector is one token) and their
+        ``(B, N)`` validity. An absent row's first (filled) token alone is valid: every filled token is the
+        same missing embedding, so for a mean or as attention memory this equals keeping them all, while a
+        query token or a sum over tokens would otherwise weigh it by the batch's padded length."""
+        x = features[modality]
+        x = x[:, None, :] if x.ndim == 2 else x  # (B, N, D)
+        mask = None if masks is None else masks.get(modality)
+        if mask is None:
+            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        elif mask.shape != x.shape[:2] or mask.dtype != torch.bool:
+            raise ShapeError(f"{type(self).__name__}: masks[{modality!r}] must be bool {tuple(x.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}")
+        first = torch.zeros_like(mask)
+        first[:, 0] = True
+        mask = torch.where(present[modality][:, None], mask, first)  # (B, N)
+        return self.fill_missing(x, present[modality], modality), mask
+
     def vectors(
         self,
         features: Mapping[str, Tensor],

@@ -100,23 +100,8 @@ class CrossModalFusion(Fusion):
         tokens: dict[str, Tensor] = {}
         valid: dict[str, Tensor] = {}
         for m in self.modalities:
-            x = features[m]
-            x = x[:, None, :] if x.ndim == 2 else x  # (B, N, D_m)
-            mask = None if masks is None else masks.get(m)
-            if mask is None:
-                mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-            elif mask.shape != x.shape[:2] or mask.dtype != torch.bool:
-                from polymodal.errors import ShapeError
-
-                raise ShapeError(f"CrossModalFusion: masks[{m!r}] must be bool {tuple(x.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}")
-            # An absent modality: its first (filled) token alone is valid. Every filled token is the same
-            # missing embedding, so for mean pooling and as memory this equals keeping them all, while a
-            # query token would otherwise weigh it by the batch's padded length.
-            first = torch.zeros_like(mask)
-            first[:, 0] = True
-            mask = torch.where(present[m][:, None], mask, first)  # (B, N)
-            tokens[m] = self.inputs[m](self.fill_missing(x, present[m], m)) + self.type_embed[m]  # (B, N, d)
-            valid[m] = mask
+            x, valid[m] = self.tokens(features, present, masks, m)  # (B, N, D_m), (B, N)
+            tokens[m] = self.inputs[m](x) + self.type_embed[m]  # (B, N, d)
         pooled = []
         for m in self.modalities:
             others = [o for o in self.modalities if o != m]

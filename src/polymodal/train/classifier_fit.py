@@ -372,10 +372,11 @@ def default_preset(data: str, fusion: str) -> str:
 
     avdigits: ``fusion-{fusion}`` (fusion kinds, or "image"/"audio" for the unimodal baselines);
     avclips: ``avclips-{fusion}`` (gated, late, early, or "video"/"audio");
-    shapes-vqa: ``vqa-cross`` for "cross_modal", ``vqa-question``/``vqa-image`` for the baselines.
+    shapes-vqa: ``vqa-cross`` for "cross_modal", ``vqa-relation`` for "relation" (a Relation Network over
+    pairs of grid cells), ``vqa-question``/``vqa-image`` for the baselines.
     """
     if data == "builtin:shapes-vqa":
-        table = {"cross_modal": "vqa-cross", "question": "vqa-question", "text": "vqa-question", "image": "vqa-image"}
+        table = {"cross_modal": "vqa-cross", "relation": "vqa-relation", "question": "vqa-question", "text": "vqa-question", "image": "vqa-image"}
         if fusion not in table:
             raise ConfigError(f"shapes-vqa models: --fusion one of {sorted(table)}, got {fusion!r}")
         return table[fusion]

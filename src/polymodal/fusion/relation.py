@@ -1,0 +1,134 @@
+"""Relation Network fusion (Santoro et al. 2017, "A simple neural network module for relational
+reasoning"): every ordered pair of one modality's tokens, with a vector of the other modalities, goes
+through one MLP ``g``; the pair outputs are summed and a second MLP ``f`` reads the sum:
+
+    RN(O, q) = f( sum_{i,j} g(o_i, o_j, q) )
+
+The objects ``o_i`` are the tokens of ``objects`` (an image's feature-map cells), each tagged with its
+row and column in [-1, 1] when the tokens form a square grid (the paper's coordinate tags); ``q`` is the
+masked mean of every other modality's tokens (the question), concatenated in name order. A question
+like "is the circle above the star?" is then answered inside ``g`` from one pair of cells, their
+coordinates and the question, the three-way product that pooled attention has to assemble in steps.
+
+``g``'s first layer is linear in the concatenation ``[o_i, o_j, q]``, so it is computed as
+``A o_i + B o_j + C q`` from per-token and per-example terms and broadcast over the ``N^2`` pairs
+(the same function as the concatenation, without materialising it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from polymodal.errors import ConfigError, ShapeError
+from polymodal.fusion.base import Fusion, masked_mean
+
+__all__ = ["RelationFusion", "grid_coordinates"]
+
+
+def grid_coordinates(num_tokens: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Tensor:
+    """``(N, 2)``: (row, column) in [-1, 1] of ``N`` tokens of a square grid in row-major order."""
+    side = math.isqrt(num_tokens)
+    if side * side != num_tokens:
+        raise ShapeError(f"RelationFusion: coordinates need a square grid of tokens, got {num_tokens}")
+    axis = torch.linspace(-1.0, 1.0, side, device=device, dtype=dtype) if side > 1 else torch.zeros(1, device=device, dtype=dtype)
+    rows, cols = torch.meshgrid(axis, axis, indexing="ij")  # (side, side) each
+    return torch.stack([rows.flatten(), cols.flatten()], dim=-1)  # (N, 2)
+
+
+def _mlp(widths: list[int], *, last_activation: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if last_activation or i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class RelationFusion(Fusion):
+    """``f(sum_{i,j} g(o_i, o_j, q))`` over the ordered pairs of the ``objects`` modality's tokens.
+
+    Args:
+        dims: width of each modality's tokens.
+        out_dim: width of the output.
+        objects: the modality whose tokens are the objects (default: "image").
+        model_dim: width of ``g``'s layers.
+        g_depth: layers of ``g`` (ReLU after each; the paper's 4).
+        f_depth: layers of ``f`` (ReLU between them; the last maps to ``out_dim``).
+        coordinates: tag each object with its (row, column) in the square grid of tokens.
+    """
+
+    uses_tokens = True
+
+    def __init__(
+        self,
+        dims: Mapping[str, int],
+        out_dim: int,
+        *,
+        objects: str = "image",
+        model_dim: int = 128,
+        g_depth: int = 4,
+        f_depth: int = 2,
+        coordinates: bool = True,
+    ) -> None:
+        super().__init__(dims, out_dim)
+        if objects not in self.dims:
+            raise ConfigError(f"RelationFusion: objects={objects!r} is not one of the modalities {list(self.dims)}")
+        if len(self.dims) < 2:
+            raise ConfigError("RelationFusion needs the objects' modality and at least one other")
+        for name, v in {"model_dim": model_dim, "g_depth": g_depth, "f_depth": f_depth}.items():
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ConfigError(f"RelationFusion {name} must be a positive int, got {v!r}")
+        self.objects = objects
+        self.coordinates = bool(coordinates)
+        self.context_modalities = tuple(m for m in self.modalities if m != objects)
+        obj_dim = self.dims[objects] + (2 if self.coordinates else 0)
+        ctx_dim = sum(self.dims[m] for m in self.context_modalities)
+        # g's first layer, split by input: W [o_i; o_j; q] + b = A o_i + B o_j + C q + b
+        self.g_first = nn.Linear(obj_dim, model_dim)  # A, with g's bias
+        self.g_second = nn.Linear(obj_dim, model_dim, bias=False)  # B
+        self.g_context = nn.Linear(ctx_dim, model_dim, bias=False)  # C
+        self.g_rest = _mlp([model_dim] * g_depth, last_activation=True)  # layers 2..g_depth
+        self.f = _mlp([model_dim] * f_depth + [out_dim], last_activation=False)
+
+    def object_tokens(self, features: Mapping[str, Tensor], present: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None) -> tuple[Tensor, Tensor]:
+        """The objects ``(B, N, D [+2])`` with coordinate tags, and their validity ``(B, N)``."""
+        x, mask = self.tokens(features, present, masks, self.objects)
+        if self.coordinates:
+            coords = grid_coordinates(x.shape[1], device=x.device, dtype=x.dtype)
+            x = torch.cat([x, coords.expand(x.shape[0], -1, -1)], dim=-1)
+        return x, mask
+
+    def context(self, features: Mapping[str, Tensor], present: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None) -> Tensor:
+        """``q``: the masked mean of each other modality's tokens, concatenated in name order ``(B, sum D)``."""
+        parts = []
+        for m in self.context_modalities:
+            x, valid = self.tokens(features, present, masks, m)  # (B, N, D), (B, N)
+            parts.append(masked_mean(x, valid))
+        return torch.cat(parts, dim=-1)
+
+    def forward(
+        self, features: Mapping[str, Tensor], present: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None
+    ) -> Tensor:
+        """Fuse.
+
+        Args:
+            features: ``(B, N_m, D_m)`` tokens (or ``(B, D_m)``, one token) per modality.
+            present: ``(B,)`` bool per modality.
+            masks: optional ``(B, N_m)`` bool, true on valid tokens.
+
+        Returns:
+            ``(B, out_dim)``.
+        """
+        self.check(features, present)
+        objs, valid = self.object_tokens(features, present, masks)  # (B, N, Do), (B, N)
+        q = self.context(features, present, masks)  # (B, Dq)
+        first = self.g_first(objs) + self.g_context(q)[:, None, :]  # (B, N, d): A o_i + C q + b
+        second = self.g_second(objs)  # (B, N, d): B o_j
+        h = self.g_rest(torch.relu(first[:, :, None, :] + second[:, None, :, :]))  # (B, N_i, N_j, d)
+        pair = (valid[:, :, None] & valid[:, None, :]).to(h.dtype)  # (B, N, N)
+        relations = (h * pair[..., None]).sum(dim=(1, 2))  # (B, d)
+        return self.f(relations)

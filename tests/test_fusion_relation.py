@@ -1,0 +1,120 @@
+"""Relation Network fusion against its equation, f(sum_ij g(o_i, o_j, q)), and on a relation it must learn."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from polymodal.errors import ConfigError, ShapeError
+from polymodal.fusion import RelationFusion
+from polymodal.fusion.relation import grid_coordinates
+
+DIMS = {"image": 5, "text": 3}
+
+
+def _fusion(**options: object) -> RelationFusion:
+    torch.manual_seed(0)
+    return RelationFusion(DIMS, 4, **{"model_dim": 6, "g_depth": 3, "f_depth": 2, **options})  # type: ignore[arg-type]
+
+
+def _inputs(batch: int = 3, objects: int = 4, words: int = 2) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    feats = {"image": torch.randn(batch, objects, 5, generator=g), "text": torch.randn(batch, words, 3, generator=g)}
+    present = {m: torch.ones(batch, dtype=torch.bool) for m in DIMS}
+    masks = {"image": torch.ones(batch, objects, dtype=torch.bool), "text": torch.ones(batch, words, dtype=torch.bool)}
+    masks["image"][0, 2] = False  # row 0 has an invalid object
+    masks["text"][1, 1] = False  # row 1 has one word of padding
+    return feats, present, masks
+
+
+def test_grid_coordinates_are_row_and_column_in_row_major_order() -> None:
+    c = grid_coordinates(9)
+    torch.testing.assert_close(c[:, 0], torch.tensor([-1.0, -1, -1, 0, 0, 0, 1, 1, 1]))
+    torch.testing.assert_close(c[:, 1], torch.tensor([-1.0, 0, 1, -1, 0, 1, -1, 0, 1]))
+    torch.testing.assert_close(grid_coordinates(1), torch.zeros(1, 2))
+    with pytest.raises(ShapeError, match="square grid.*8"):
+        grid_coordinates(8)
+
+
+def test_relation_network_equals_the_pairwise_equation() -> None:
+    """Santoro et al. eq. 1 computed literally: g on every concatenation [o_i, o_j, q], summed over the
+    valid ordered pairs (i = j included), then f."""
+    f = _fusion().eval()
+    feats, present, masks = _inputs()
+    w = torch.cat([f.g_first.weight, f.g_second.weight, f.g_context.weight], dim=1)  # g's first layer on the concatenation
+    coords = grid_coordinates(4)
+    with torch.no_grad():
+        got = f(feats, present, masks)
+        for b in range(3):
+            o = torch.cat([feats["image"][b], coords], dim=1)  # (4, 5 + 2): objects tagged with (row, col)
+            words = feats["text"][b][masks["text"][b]]
+            q = words.mean(0)
+            total = torch.zeros(6)
+            for i in range(4):
+                for j in range(4):
+                    if masks["image"][b, i] and masks["image"][b, j]:
+                        h = torch.relu(w @ torch.cat([o[i], o[j], q]) + f.g_first.bias)
+                        total += f.g_rest(h)
+            torch.testing.assert_close(got[b], f.f(total), rtol=1e-5, atol=1e-5)
+
+
+def test_without_coordinates_the_objects_are_a_set_and_padding_is_ignored() -> None:
+    f = _fusion(coordinates=False).eval()
+    feats, present, masks = _inputs()
+    perm = torch.tensor([3, 0, 2, 1])
+    shuffled = {**feats, "image": feats["image"][:, perm]}
+    shuffled_masks = {**masks, "image": masks["image"][:, perm]}
+    with torch.no_grad():
+        torch.testing.assert_close(f(shuffled, present, shuffled_masks), f(feats, present, masks), rtol=1e-5, atol=1e-5)
+        changed = {**feats, "image": feats["image"].clone()}
+        changed["image"][0, 2] += 100.0  # the invalid object of row 0
+        torch.testing.assert_close(f(changed, present, masks)[0], f(feats, present, masks)[0])
+    # with coordinates, where an object is matters
+    g = _fusion().eval()
+    with torch.no_grad():
+        assert not torch.allclose(g(shuffled, present, shuffled_masks), g(feats, present, masks), atol=1e-4)
+
+
+def test_bad_configs_are_named() -> None:
+    with pytest.raises(ConfigError, match="objects='video'"):
+        RelationFusion(DIMS, 4, objects="video")
+    with pytest.raises(ConfigError, match="at least one other"):
+        RelationFusion({"image": 5}, 4)
+    with pytest.raises(ConfigError, match="g_depth"):
+        RelationFusion(DIMS, 4, g_depth=0)
+    f = _fusion()
+    feats, present, _ = _inputs(objects=3)
+    with pytest.raises(ShapeError, match="square grid"):
+        f(feats, present)
+
+
+def test_learns_which_of_two_marked_cells_is_above_the_other() -> None:
+    """A 3x3 grid with two marked cells (A and B) and a question "is A above / below / left of / right
+    of B?": the answer needs both cells' positions and the relation together, the product a pooled
+    summary lacks. The RN learns it to above 0.95 on fresh grids within 400 steps."""
+    g = torch.Generator().manual_seed(0)
+
+    def batch(n: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        cells = torch.stack([torch.randperm(9, generator=g)[:2] for _ in range(n)])  # (n, 2): A's and B's cell
+        image = torch.zeros(n, 9, 2)
+        image[torch.arange(n), cells[:, 0], 0] = 1.0
+        image[torch.arange(n), cells[:, 1], 1] = 1.0
+        rel = torch.randint(0, 4, (n,), generator=g)
+        ra, ca, rb, cb = cells[:, 0] // 3, cells[:, 0] % 3, cells[:, 1] // 3, cells[:, 1] % 3
+        answer = torch.stack([ra < rb, ra > rb, ca < cb, ca > cb], dim=1)[torch.arange(n), rel]
+        return {"image": image, "text": torch.nn.functional.one_hot(rel, 4).float()[:, None, :]}, answer.long()
+
+    torch.manual_seed(0)
+    fusion = RelationFusion({"image": 2, "text": 4}, 2, model_dim=32, g_depth=3, f_depth=2)
+    opt = torch.optim.Adam(fusion.parameters(), lr=3e-3)
+    present = {m: torch.ones(64, dtype=torch.bool) for m in ("image", "text")}
+    for _ in range(400):
+        x, y = batch(64)
+        loss = torch.nn.functional.cross_entropy(fusion(x, present), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x, y = batch(512)
+    with torch.no_grad():
+        acc = (fusion(x, {m: torch.ones(512, dtype=torch.bool) for m in x}).argmax(1) == y).float().mean()
+    assert acc > 0.95, float(acc)
