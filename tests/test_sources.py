@@ -301,6 +301,20 @@ def test_builtin_shapes_by_kind_and_split():
     assert len(vqa) == 1000 and vqa[0].key.startswith("shapes-0-val-vqa-")
 
 
+def test_builtin_shapes_are_image_text_pairs_with_their_captions():
+    from polymodal.data.pairs import SHAPES_PAIR_SIZES, load_pairs
+    from polymodal.data.shapes import load_shapes
+
+    pairs = load_pairs("builtin:shapes", "test")
+    scenes = load_shapes("test", n=SHAPES_PAIR_SIZES["test"], kind="scenes")
+    assert len(pairs) == len(scenes) == 1000
+    assert pairs.keys == [r.key for r in scenes] and pairs.texts == [r.text for r in scenes]
+    assert pairs.images[0].tobytes() == scenes[0].image.tobytes()
+    assert pairs.labels["count"] == [str(len(r.extra["scene"]["shapes"])) for r in scenes]
+    assert load_pairs("builtin:shapes:test").keys == pairs.keys
+    assert not set(pairs.keys) & set(load_pairs("builtin:shapes", "val").keys)
+
+
 def test_content_hash_sees_every_part_of_a_record():
     from polymodal.data.hashing import content_hash as h
 

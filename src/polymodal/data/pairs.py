@@ -1,7 +1,8 @@
 """Image-text pairs for the aligner, from the built-in OpenMoji set or a user's manifest.
 
 A source is a built-in set (``builtin:openmoji``; the same emoji drawn by Twemoji or Noto,
-``builtin:twemoji``/``builtin:noto``; the evaluation photographs, ``builtin:photos``) or a path to a
+``builtin:twemoji``/``builtin:noto``; the evaluation photographs, ``builtin:photos``; generated shapes scenes
+with their captions, ``builtin:shapes``) or a path to a
 ``.csv``/``.jsonl``/``.parquet`` manifest with ``image`` and ``text`` columns (image paths relative to the manifest). Rows that cannot be used are skipped, counted and
 kept in ``PairSet.bad`` so the run's report can name them; ``strict=True`` makes the first one an error.
 
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
     from polymodal.data.manifest import PairsSource
 
 SPLITS = ("train", "val", "test")
+# Scenes per split of builtin:shapes as pairs (dataset seed 0): enough fresh scenes that image-text
+# matching is learnt as a rule, not memorised (docs/flava.md).
+SHAPES_PAIR_SIZES: dict[str, int] = {"train": 16000, "val": 1000, "test": 1000}
 SPLIT_COLUMN = "split"  # a manifest column that chooses each row's split
 
 
@@ -104,6 +108,21 @@ def _openmoji(split: str | None, style: str = "openmoji") -> PairSet:
         captions=[caption_variants(r.text or "", r.extra["tags"], banned=banned) for r in records],
         keys=[r.key for r in records],
         labels={"group": [r.extra["group"] for r in records], "subgroup": [r.extra["subgroup"] for r in records]},
+    )
+
+
+def _shapes(split: str | None) -> PairSet:
+    """Generated scenes (data/shapes.py, dataset seed 0) with their captions ("a red circle left of a blue square")."""
+    from polymodal.data.shapes import load_shapes
+
+    splits = SPLITS if split is None else (split,)
+    records = [r for s in splits for r in load_shapes(s, n=SHAPES_PAIR_SIZES[s], kind="scenes")]
+    return PairSet(
+        name=f"shapes:{split or 'all'}",
+        images=[r.image for r in records],
+        captions=[[r.text or ""] for r in records],
+        keys=[r.key for r in records],
+        labels={"count": [str(len(r.extra["scene"]["shapes"])) for r in records]},
     )
 
 
@@ -226,6 +245,8 @@ def load_pairs(source: str, split: str | None = None, *, strict: bool = False, m
         return _openmoji(split, spec.name)
     if spec.name == "photos":
         return _photos(split)
+    if spec.name == "shapes":
+        return _shapes(split)
     assert spec.path is not None
     if not spec.path.exists():
         raise DataError(spec.path, "no such manifest file")

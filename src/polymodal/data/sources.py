@@ -82,7 +82,7 @@ BUILTINS: dict[str, Builtin] = {
     "avclips": Builtin("polymodal.data.avclips", "load_avclips", True,
                        "MP4 video clips with sound and labels (direction x tone sweep)"),
     "shapes": Builtin("polymodal.data.shapes", "load_shapes", True, "generated scenes: image, caption and sound",
-                      kwargs={"kind": "scenes"}),
+                      pairs=True, kwargs={"kind": "scenes"}),
     "shapes-vqa": Builtin("polymodal.data.shapes", "load_shapes", True,
                           "generated scenes with questions and answers (VQA)", kwargs={"kind": "vqa"}),
     "shapes-clips": Builtin("polymodal.data.shapes", "load_shapes", True,
