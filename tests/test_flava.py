@@ -8,6 +8,7 @@ invariants, one pretraining run lowering the loss, VQA fine-tuning keeping its b
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -671,3 +672,21 @@ def test_pretraining_and_vqa_resume_bit_identically(tmp_path, monkeypatch):
     assert [h["loss"] for h in resumed_vqa.history] == [h["loss"] for h in whole_vqa.history]
     assert resumed_vqa.best_epoch == whole_vqa.best_epoch
     assert_same_state(model, whole_model)  # the best epoch's weights, kept across the crash
+
+
+def test_pretrain_command_says_how_many_captions_max_text_length_cuts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from polymodal.cli.main import main
+    from polymodal.models.io import load
+    from polymodal.recipes import flava as flava_recipe
+    from test_cli_resume import _pairs_csv
+
+    monkeypatch.setitem(flava_recipe.VQA_SIZES, "train", 20)  # the questions only add words to the vocabulary
+    argv = ["flava", "pretrain", "--data", _pairs_csv(tmp_path / "data"), "--epochs", "1", "--batch-size", "4",
+            "--width", "16", "--layers", "1"]
+    # "a red square": 3 words + <bos>/<eos> = 5 tokens; all 8 captions fit in 5 and are cut at 4
+    assert main([*argv, "--max-text-length", "5", "--out", str(tmp_path / "fit")]) == 0
+    assert "are cut" not in capsys.readouterr().err
+    assert main([*argv, "--max-text-length", "4", "--out", str(tmp_path / "cut")]) == 0
+    assert "8 captions are longer than --max-text-length 4 (with <bos>/<eos>) and are cut" in capsys.readouterr().err
+    assert load(tmp_path / "cut").config.max_text_length == 4

@@ -32,16 +32,19 @@ def flava() -> None:
 @click.option("--patch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--width", default=96, show_default=True, type=click.IntRange(min=8))
 @click.option("--layers", default=2, show_default=True, type=click.IntRange(min=1), help="depth of each encoder")
+@click.option("--max-text-length", default=16, show_default=True, type=click.IntRange(min=3),
+              help="tokens per caption with <bos>/<eos>; longer captions are cut, and the run says how many (builtin:shapes: 24)")
 @seed_option()
 @resume_option
 @json_option
 @quiet_option
 def pretrain(data: str, out: str, epochs: int, batch_size: int, lr: float, image_size: int, patch_size: int, width: int,
-             layers: int, seed: int, resume: bool, as_json: bool, quiet: bool) -> None:
+             layers: int, max_text_length: int, seed: int, resume: bool, as_json: bool, quiet: bool) -> None:
     """Pretrain with MLM, MIM, masked multimodal modelling, image-text matching and the contrastive loss."""
     from polymodal.recipes import flava as recipe
 
-    shape = recipe.FlavaShape(image_size=image_size, patch_size=patch_size, width=width, layers=layers)
+    shape = recipe.FlavaShape(image_size=image_size, patch_size=patch_size, width=width, layers=layers,
+                              max_text_length=max_text_length)
     r = recipe.pretrain(data, out, shape=shape, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, resume=resume,
                         log=stderr_log(quiet, as_json))
     if as_json:

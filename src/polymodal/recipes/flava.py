@@ -71,6 +71,9 @@ def pretrain(data: str, out: str, *, shape: FlavaShape | None = None, epochs: in
     say(log, f"{len(pairs)} pairs from {data}; generating the shapes questions for the vocabulary")
     questions = [str(r.text) for r in _vqa_records("train", VQA_SIZES["train"], shape.image_size, seed)]
     tokenizer = build_vocabulary([c for caps in pairs.captions for c in caps] + questions)
+    cut = sum(len(tokenizer.tokens(c)) + 2 > shape.max_text_length for caps in pairs.captions for c in caps)
+    if cut:
+        say(log, f"{cut} captions are longer than --max-text-length {shape.max_text_length} (with <bos>/<eos>) and are cut")
     torch.manual_seed(seed)
     model = FlavaModel(_config(shape, tokenizer.vocab_size), tokenizer=tokenizer)
     cfg = PretrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, log_every=0)
