@@ -3,8 +3,9 @@
     .venv/bin/python scripts/results.py [--suite avclips] [--jobs 2] [--out runs/results] [--reuse] [--update]
 
 Each suite trains and evaluates through the documented commands (``polymodal demo``, ``polymodal fuse
-train/eval``, ``scripts/vision_language/flava_ablation.py`` and ``caption_eval.py``, ``scripts/fusion_table.py
---only vqa``, ``polymodal generate train`` with ``prompt_match_eval.py``) for the seeds ``docs/results.json`` names, one
+train/eval``, ``scripts/vision_language/flava_ablation.py`` on OpenMoji and with ``--pairs builtin:shapes``,
+``caption_eval.py``, ``scripts/fusion_table.py --only vqa``, ``polymodal generate train`` with
+``prompt_match_eval.py``) for the seeds ``docs/results.json`` names, one
 CPU thread per run, ``--jobs`` runs at a time. A figure's value is the mean over its seeds; its standard
 error is ``s / sqrt(k)`` over k seeds, or for a one-seed figure the sampling standard error its command
 reports. A figure passes when
@@ -20,7 +21,9 @@ and updates the doc's table by hand (``tests/test_results.py`` checks each figur
 
 Takes long: on 2 cores with ``--jobs 1`` the aligner, avclips and FLAVA suites took about 15 minutes
 (warm feature cache) and avdigits about 8; caption runs took 1,110-1,232 s and VQA runs ~2,500 s each, three
-side by side on 2 cores (2026-12-05); generate runs (10,000 steps) about 128 minutes each, three side by side; not part of ``make test``.
+side by side on 2 cores (2026-12-05); generate runs (10,000 steps) about 128 minutes each, three side by side;
+flava-shapes runs (FLAVA pretrained on shapes scenes, ITM) about 3,300 s each, three side by side (2026-12-06);
+not part of ``make test``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ RESULTS = ROOT / "docs" / "results.json"
 POLYMODAL = [sys.executable, "-m", "polymodal"]
 ROUNDING = 0.0005
 GENERATE_STEPS = 10_000  # the prompt-following recipe of docs/vision-language.md
+FLAVA_SHAPES_TEXT_LENGTH = 24  # tokens: the longest shapes caption (3 shapes) is 18 words
+FLAVA_SHAPES_EPOCHS = 20  # docs/flava.md: validation ITM still rose at the end of a 10-epoch pilot
 
 
 @dataclass(frozen=True)
@@ -99,15 +104,23 @@ def _fuse(data: str) -> Callable[[Run, Path, bool], dict[str, float]]:
     return go
 
 
-def _flava(run: Run, out: Path, reuse: bool) -> dict[str, float]:
-    """The FLAVA ablation's full-objective row, pretraining metrics only (``--runs all --skip-vqa``)."""
-    folder = out / "flava" / f"seed{run.seed}"
-    if not (reuse and (folder / "results.json").exists()):
-        _sh([sys.executable, "scripts/vision_language/flava_ablation.py", "--out", str(folder), "--runs", run.name,
-             "--skip-vqa", "--seed", str(run.seed)], out / "logs" / f"flava-{run.seed}.log")
-    row = json.loads((folder / "results.json").read_text())["runs"][run.name]
-    keys = ("zeroshot_test_top1", "itm_test_hard", "itm_test_random")
-    return {f"flava/{run.name}/{k}": float(row[k]) for k in keys}
+def _flava(pairs: str) -> Callable[[Run, Path, bool], dict[str, float]]:
+    """One row of the FLAVA ablation (``--runs NAME --skip-vqa``) pretrained on ``pairs``: zero-shot (OpenMoji
+    only) and ITM with hard and random negatives on the test pairs."""
+    emoji = pairs == "builtin:openmoji"
+    flags = [] if emoji else ["--pairs", pairs, "--max-text-length", str(FLAVA_SHAPES_TEXT_LENGTH),
+                              "--pretrain-epochs", str(FLAVA_SHAPES_EPOCHS)]
+    keys = ("zeroshot_test_top1", "itm_test_hard", "itm_test_random") if emoji else ("itm_test_hard", "itm_test_random")
+
+    def go(run: Run, out: Path, reuse: bool) -> dict[str, float]:
+        folder = out / run.suite / f"{run.name}-seed{run.seed}" if not emoji else out / "flava" / f"seed{run.seed}"
+        if not (reuse and (folder / "results.json").exists()):
+            _sh([sys.executable, "scripts/vision_language/flava_ablation.py", "--out", str(folder), "--runs", run.name,
+                 *flags, "--skip-vqa", "--seed", str(run.seed)], out / "logs" / f"{run.suite}-{run.name}-{run.seed}.log")
+        row = json.loads((folder / "results.json").read_text())["runs"][run.name]
+        return {f"{run.suite}/{run.name}/{k}": float(row[k]) for k in keys}
+
+    return go
 
 
 def _caption(run: Run, out: Path, reuse: bool) -> dict[str, float]:
@@ -148,7 +161,8 @@ SUITES: dict[str, Callable[[Run, Path, bool], dict[str, float]]] = {
     "avclips": _fuse("builtin:avclips"),
     "avdigits": _fuse("builtin:avdigits"),
     "caption": _caption,
-    "flava": _flava,
+    "flava": _flava("builtin:openmoji"),
+    "flava-shapes": _flava("builtin:shapes"),
     "generate": _generate,
     "vqa": _vqa,
 }
