@@ -129,7 +129,9 @@ def test_the_video_path_learns_the_direction():
     inputs = model.preprocess(records)
     labels = torch.tensor([config.labels.index(r.label) for r in records])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(40):
+    # 100 steps: at 40 one clip of 24 was still wrong on some CPUs (kernel rounding), at 60 with one seed
+    # of 5; 100 fit all 24 for seeds 0-5
+    for _ in range(100):
         loss = torch.nn.functional.cross_entropy(model(inputs), labels)
         opt.zero_grad()
         loss.backward()
