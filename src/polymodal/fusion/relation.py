@@ -5,10 +5,12 @@ through one MLP ``g``; the pair outputs are summed and a second MLP ``f`` reads 
     RN(O, q) = f( sum_{i,j} g(o_i, o_j, q) )
 
 The objects ``o_i`` are the tokens of ``objects`` (an image's feature-map cells), each tagged with its
-row and column in [-1, 1] when the tokens form a square grid (the paper's coordinate tags); ``q`` is the
-masked mean of every other modality's tokens (the question), concatenated in name order. A question
-like "is the circle above the star?" is then answered inside ``g`` from one pair of cells, their
-coordinates and the question, the three-way product that pooled attention has to assemble in steps.
+row and column in [-1, 1] (the paper's coordinate tags; ``coordinates=True`` needs a square grid of
+tokens in row-major order); ``q`` is the masked mean of every other modality's tokens (the question),
+concatenated in name order. A question like "is the circle above the star?" can then be answered
+inside ``g`` from one pair of cells, their coordinates and the question, the three-way product that
+pooled attention has to assemble in steps. (Whether training finds it is another matter: on shapes VQA
+it did not within the recipe's 10 epochs, docs/fusion.md.)
 
 ``g``'s first layer is linear in the concatenation ``[o_i, o_j, q]``, so it is computed as
 ``A o_i + B o_j + C q`` from per-token and per-example terms and broadcast over the ``N^2`` pairs
@@ -58,7 +60,8 @@ class RelationFusion(Fusion):
         model_dim: width of ``g``'s layers.
         g_depth: layers of ``g`` (ReLU after each; the paper's 4).
         f_depth: layers of ``f`` (ReLU between them; the last maps to ``out_dim``).
-        coordinates: tag each object with its (row, column) in the square grid of tokens.
+        coordinates: tag each object with its (row, column) in [-1, 1]; the objects' tokens must then
+            form a square grid in row-major order (a ``ShapeError`` otherwise).
     """
 
     uses_tokens = True
