@@ -143,12 +143,12 @@ def main() -> None:
     start = time.perf_counter()
 
     # ---- data
-    om = {split: load_pairs(args.pairs, split) for split in ("train", "val", "test")}
+    pairs = {split: load_pairs(args.pairs, split) for split in ("train", "val", "test")}
     emoji = args.pairs == "builtin:openmoji"  # zero-shot group accuracy is OpenMoji's
-    om_pixels = {split: pixels(ps.images, size=args.image_size) for split, ps in om.items()}
-    om_groups = {
+    pair_pixels = {split: pixels(ps.images, size=args.image_size) for split, ps in pairs.items()}
+    groups = {
         split: torch.tensor([OPENMOJI_GROUPS.index(g) for g in ps.labels["group"]])
-        for split, ps in om.items() if emoji
+        for split, ps in pairs.items() if emoji
     }  # fmt: skip
     shapes_cfg = ShapesConfig(image_size=args.image_size)
     vqa_records = {
@@ -158,7 +158,7 @@ def main() -> None:
     # One vocabulary for every text the model trains on: the train captions and shapes train questions.
     # Label texts are not added: their words the captions never use read as <unk> (zero-shot is honest).
     tokenizer = build_vocabulary(
-        [c for caps in om["train"].captions for c in caps] + [str(r.text) for r in vqa_records["train"]]
+        [c for caps in pairs["train"].captions for c in caps] + [str(r.text) for r in vqa_records["train"]]
     )
     model_cfg = FlavaConfig(
         vocab_size=tokenizer.vocab_size, max_text_length=args.max_text_length, image_size=args.image_size,
@@ -172,13 +172,13 @@ def main() -> None:
     prompts = {g: [t.replace("{c}", group_text(g)) for t in EMOJI_TEMPLATES] for g in OPENMOJI_GROUPS}
     setup: dict[str, Any] = {
         "pairs": args.pairs,
-        "openmoji" if emoji else "shapes": {s: len(ps) for s, ps in om.items()},
+        "openmoji" if emoji else "shapes": {s: len(ps) for s, ps in pairs.items()},
         "vqa": {s: len(t) for s, t in vqa.items()},
         "vocab_size": tokenizer.vocab_size,
     }
     if emoji:
         unk = sorted({w for g in OPENMOJI_GROUPS for w in tokenizer.tokens(group_text(g)) if w not in tokenizer.stoi})
-        test_counts = torch.bincount(om_groups["test"], minlength=len(OPENMOJI_GROUPS))
+        test_counts = torch.bincount(groups["test"], minlength=len(OPENMOJI_GROUPS))
         setup["label_words_unknown_to_vocab"] = unk
         setup["zeroshot_majority_test_top1"] = float(test_counts.max()) / float(test_counts.sum())
         setup["zeroshot_chance"] = 1.0 / len(OPENMOJI_GROUPS)
@@ -195,8 +195,8 @@ def main() -> None:
         metrics = zeroshot_classify_images(
             model,
             tokenizer,
-            om_pixels[split],
-            om_groups[split],
+            pair_pixels[split],
+            groups[split],
             classnames=list(OPENMOJI_GROUPS),
             prompts=prompts,
         )
@@ -204,7 +204,7 @@ def main() -> None:
 
     # ITM pairs: every held-out image with its plain annotation (the first caption variant).
     itm_tokens = {
-        split: tokenize(tokenizer, [caps[0] for caps in om[split].captions], max_length=args.max_text_length)
+        split: tokenize(tokenizer, [caps[0] for caps in pairs[split].captions], max_length=args.max_text_length)
         for split in ("val", "test")
     }
 
@@ -212,7 +212,7 @@ def main() -> None:
         t = itm_tokens[split]
         return {
             f"itm_{split}_{neg}": evaluate_itm(
-                model, om_pixels[split], t.input_ids, t.attention_mask, negatives=neg, seed=args.seed
+                model, pair_pixels[split], t.input_ids, t.attention_mask, negatives=neg, seed=args.seed
             ).accuracy
             for neg in ("hard", "random")
         }
@@ -239,7 +239,7 @@ def main() -> None:
                 **RUNS[name],
             )  # fmt: skip
             pre = pretrain(
-                flava, om_pixels["train"], om["train"].captions, tokenizer, pcfg,
+                flava, pair_pixels["train"], pairs["train"].captions, tokenizer, pcfg,
                 on_epoch=lambda epoch, m=flava, run=name: log_epoch(run, epoch, m),
             )  # fmt: skip
             for h in pre.history:
