@@ -6,11 +6,13 @@ through one MLP ``g``; the pair outputs are summed and a second MLP ``f`` reads 
 
 The objects ``o_i`` are the tokens of ``objects`` (an image's feature-map cells), each tagged with its
 row and column in [-1, 1] (the paper's coordinate tags; ``coordinates=True`` needs a square grid of
-tokens in row-major order); ``q`` is the masked mean of every other modality's tokens (the question),
-concatenated in name order. A question like "is the circle above the star?" can then be answered
-inside ``g`` from one pair of cells, their coordinates and the question, the three-way product that
-pooled attention has to assemble in steps. (Whether training finds it is another matter: on shapes VQA
-it did not within the recipe's 10 epochs, docs/fusion.md.)
+tokens in row-major order); ``q`` is, per other modality (the question) in name order, either the masked
+mean of its tokens or, with ``context_tokens=N``, its first ``N`` tokens concatenated position by position.
+A question like "is the circle above the star?" can then be answered inside ``g`` from one pair of cells,
+their coordinates and the question, the three-way product that pooled attention has to assemble in steps.
+The mean cannot tell that question from "is the star above the circle?" (the same tokens; only what the
+encoder mixes in from their positions differs), and a model trained with it answers both alike;
+``context_tokens`` keeps which shape is named first (docs/fusion.md).
 
 ``g``'s first layer is linear in the concatenation ``[o_i, o_j, q]``, so it is computed as
 ``A o_i + B o_j + C q`` from per-token and per-example terms and broadcast over the ``N^2`` pairs
@@ -62,6 +64,10 @@ class RelationFusion(Fusion):
         f_depth: layers of ``f`` (ReLU between them; the last maps to ``out_dim``).
         coordinates: tag each object with its (row, column) in [-1, 1]; the objects' tokens must then
             form a square grid in row-major order (a ``ShapeError`` otherwise).
+        context_tokens: ``None`` (``q`` holds the masked mean of each other modality's tokens) or ``N``
+            (``q`` holds its first ``N`` tokens, concatenated in order, padding and absent tokens as zeros;
+            a modality with more than ``N`` tokens is a ``ShapeError``). Order-aware, for questions whose
+            answer depends on which word comes first.
     """
 
     uses_tokens = True
@@ -76,20 +82,25 @@ class RelationFusion(Fusion):
         g_depth: int = 4,
         f_depth: int = 2,
         coordinates: bool = True,
+        context_tokens: int | None = None,
     ) -> None:
         super().__init__(dims, out_dim)
         if objects not in self.dims:
             raise ConfigError(f"RelationFusion: objects={objects!r} is not one of the modalities {list(self.dims)}")
         if len(self.dims) < 2:
             raise ConfigError("RelationFusion needs the objects' modality and at least one other")
-        for name, v in {"model_dim": model_dim, "g_depth": g_depth, "f_depth": f_depth}.items():
+        sizes = {"model_dim": model_dim, "g_depth": g_depth, "f_depth": f_depth}
+        if context_tokens is not None:
+            sizes["context_tokens"] = context_tokens
+        for name, v in sizes.items():
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ConfigError(f"RelationFusion {name} must be a positive int, got {v!r}")
         self.objects = objects
         self.coordinates = bool(coordinates)
         self.context_modalities = tuple(m for m in self.modalities if m != objects)
         obj_dim = self.dims[objects] + (2 if self.coordinates else 0)
-        ctx_dim = sum(self.dims[m] for m in self.context_modalities)
+        self.context_tokens = context_tokens
+        ctx_dim = sum(self.dims[m] for m in self.context_modalities) * (context_tokens or 1)
         # g's first layer, split by input: W [o_i; o_j; q] + b = A o_i + B o_j + C q + b
         self.g_first = nn.Linear(obj_dim, model_dim)  # A, with g's bias
         self.g_second = nn.Linear(obj_dim, model_dim, bias=False)  # B
@@ -106,11 +117,19 @@ class RelationFusion(Fusion):
         return x, mask
 
     def context(self, features: Mapping[str, Tensor], present: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None) -> Tensor:
-        """``q``: the masked mean of each other modality's tokens, concatenated in name order ``(B, sum D)``."""
+        """``q``: per other modality in name order, the masked mean of its tokens ``(B, D)`` or its first
+        ``context_tokens`` tokens in order ``(B, context_tokens * D)``; concatenated."""
         parts = []
         for m in self.context_modalities:
             x, valid = self.tokens(features, present, masks, m)  # (B, N, D), (B, N)
-            parts.append(masked_mean(x, valid))
+            if self.context_tokens is None:
+                parts.append(masked_mean(x, valid))
+                continue
+            n = x.shape[1]
+            if n > self.context_tokens:
+                raise ShapeError(f"RelationFusion: {m} has {n} tokens, more than context_tokens={self.context_tokens}")
+            x = x * valid[..., None].to(x.dtype)
+            parts.append(nn.functional.pad(x, (0, 0, 0, self.context_tokens - n)).flatten(1))
         return torch.cat(parts, dim=-1)
 
     def forward(
