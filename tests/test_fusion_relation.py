@@ -58,8 +58,8 @@ def test_relation_network_equals_the_pairwise_equation() -> None:
             torch.testing.assert_close(got[b], f.f(total), rtol=1e-5, atol=1e-5)
 
 
-def test_context_tokens_concatenates_the_first_tokens_in_order() -> None:
-    """With ``context_tokens=N``, q is the context modality's N tokens in order, padding as zeros, so the
+def test_context_tokens_concatenates_the_tokens_in_order() -> None:
+    """With ``context_tokens=N``, q is the context modality's tokens in N slots, in order, padding as zeros, so the
     pairwise equation holds with that q; permuting the words changes the output, where the mean does not."""
     f = _fusion(context_tokens=3).eval()
     feats, present, masks = _inputs()  # 2 words; row 1's second word is padding

@@ -7,7 +7,7 @@ through one MLP ``g``; the pair outputs are summed and a second MLP ``f`` reads 
 The objects ``o_i`` are the tokens of ``objects`` (an image's feature-map cells), each tagged with its
 row and column in [-1, 1] (the paper's coordinate tags; ``coordinates=True`` needs a square grid of
 tokens in row-major order); ``q`` is, per other modality (the question) in name order, either the masked
-mean of its tokens or, with ``context_tokens=N``, its first ``N`` tokens concatenated position by position.
+mean of its tokens or, with ``context_tokens=N``, its tokens concatenated position by position into ``N`` slots.
 A question like "is the circle above the star?" can then be answered inside ``g`` from one pair of cells,
 their coordinates and the question, the three-way product that pooled attention has to assemble in steps.
 The mean cannot tell that question from "is the star above the circle?" (the same tokens; only what the
@@ -65,7 +65,7 @@ class RelationFusion(Fusion):
         coordinates: tag each object with its (row, column) in [-1, 1]; the objects' tokens must then
             form a square grid in row-major order (a ``ShapeError`` otherwise).
         context_tokens: ``None`` (``q`` holds the masked mean of each other modality's tokens) or ``N``
-            (``q`` holds its first ``N`` tokens, concatenated in order, padding and absent tokens as zeros;
+            (``q`` holds its tokens concatenated in order into ``N`` slots, padding and empty slots as zeros;
             a modality with more than ``N`` tokens is a ``ShapeError``). Order-aware, for questions whose
             answer depends on which word comes first.
     """
@@ -117,8 +117,8 @@ class RelationFusion(Fusion):
         return x, mask
 
     def context(self, features: Mapping[str, Tensor], present: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None) -> Tensor:
-        """``q``: per other modality in name order, the masked mean of its tokens ``(B, D)`` or its first
-        ``context_tokens`` tokens in order ``(B, context_tokens * D)``; concatenated."""
+        """``q``: per other modality in name order, the masked mean of its tokens ``(B, D)`` or its tokens in
+        order, zero-padded to ``context_tokens`` slots ``(B, context_tokens * D)``; concatenated."""
         parts = []
         for m in self.context_modalities:
             x, valid = self.tokens(features, present, masks, m)  # (B, N, D), (B, N)
