@@ -87,13 +87,15 @@ def per_type_accuracy(model: torch.nn.Module, records: list, labels: torch.Tenso
     return out
 
 
-def vqa(out: Path, device: str, epochs: int | None, train_size: int | None, names: list[str], seed: int = 0) -> list[str]:
-    """Train vqa-cross and the two baselines with the shapes-vqa recipe; one table row per model and split."""
+def vqa(out: Path, device: str, epochs: int | None, train_size: int | None, names: list[str], seed: int = 0,
+        mix: dict[str, float] | None = None) -> list[str]:
+    """Train vqa-cross and the two baselines with the shapes-vqa recipe; one table row per model and split.
+    ``mix`` changes the weights of the named question types in the training split's mix."""
     recipe = RECIPES["builtin:shapes-vqa"]
     sizes = {**(recipe.vqa_sizes or {}), **({"train": train_size} if train_size else {})}
     epochs = epochs or recipe.epochs
     t0 = time.perf_counter()
-    data = load_data("builtin:shapes-vqa", vqa_sizes=sizes, vqa_train_mix=recipe.vqa_train_mix)
+    data = load_data("builtin:shapes-vqa", vqa_sizes=sizes, vqa_train_mix={**(recipe.vqa_train_mix or {}), **(mix or {})})
     log(f"shapes-vqa {({s: len(v) for s, v in data.splits.items()})} generated in {time.perf_counter() - t0:.0f} s")
     head = " | ".join(QUESTION_TYPES)
     lines = [f"| model | split | accuracy | {head} | best epoch | train s |", "|---|---|---|" + "---|" * len(QUESTION_TYPES) + "---|---|"]
@@ -128,16 +130,24 @@ def main() -> None:
     p.add_argument("--vqa-epochs", type=int, default=None, help="default: the shapes-vqa recipe's (classifier_fit.RECIPES)")
     p.add_argument("--vqa-train", type=int, default=None, help="training scenes; default: the recipe's")
     p.add_argument("--vqa-models", nargs="+", choices=VQA_MODELS, default=list(VQA_MODELS), help="shapes VQA models to train")
+    p.add_argument("--vqa-mix", nargs="+", default=[], metavar="TYPE=WEIGHT",
+                   help="training-mix weight of a question type, over the recipe's (e.g. relation_yes_no=3)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (1 for the CPU tables)")
     p.add_argument("--seed", type=int, default=0, help="training seed (audio accuracy on unseen speakers moves 10-20 points with it)")
     a = p.parse_args()
+    mix = {}
+    for item in a.vqa_mix:
+        qtype, _, weight = item.partition("=")
+        if qtype not in QUESTION_TYPES or not weight:
+            p.error(f"--vqa-mix wants TYPE=WEIGHT with TYPE one of {QUESTION_TYPES}, got {item!r}")
+        mix[qtype] = float(weight)
     if a.threads:
         torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
     if a.only in (None, "avdigits"):
         print("\n".join(avdigits(a.out, a.device, a.epochs, a.models, not a.skip_robustness, a.seed)))
     if a.only in (None, "vqa"):
-        print("\n".join(vqa(a.out, a.device, a.vqa_epochs, a.vqa_train, a.vqa_models, a.seed)))
+        print("\n".join(vqa(a.out, a.device, a.vqa_epochs, a.vqa_train, a.vqa_models, a.seed, mix)))
 
 
 if __name__ == "__main__":
