@@ -136,7 +136,7 @@ def _caption(run: Run, out: Path, reuse: bool) -> dict[str, float]:
 
 
 def _vqa(run: Run, out: Path, reuse: bool) -> dict[str, float]:
-    """Shapes VQA with the vqa-cross recipe (``scripts/fusion_table.py --only vqa``): test accuracy per question type."""
+    """Shapes VQA, the recipe with preset ``run.name`` (``scripts/fusion_table.py --only vqa``): test accuracy per question type."""
     folder = out / "vqa" / f"{run.name}-seed{run.seed}"
     if not (reuse and (folder / "vqa_results.json").exists()):
         _sh([sys.executable, "scripts/fusion_table.py", "--out", str(folder), "--only", "vqa", "--threads", "1",
