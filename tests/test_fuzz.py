@@ -186,9 +186,20 @@ def test_manifest_source_fuzz(manifest_dir, suffix, seed):
         for bad in source.bad:  # a skipped row names the manifest row or the file it points to
             assert isinstance(bad, BadRecord) and bad.problem
             # Row paths resolve against the manifest's folder; "." is that folder itself (found by fuzzing).
-            assert bad.source.startswith((str(path), str(manifest_dir))), bad
+            # An absolute row path names that file itself ("/", found by fuzzing): test_absolute_row_path.
+            assert bad.source.startswith((str(path), str(manifest_dir))) or Path(bad.source).is_absolute(), bad
 
     run()
+
+
+# Found by fuzzing: a row whose image is "/" is skipped and named by that absolute path and its line.
+def test_absolute_row_path_is_named_as_written(manifest_dir):
+    path = manifest_dir / "root.csv"
+    path.write_bytes(b",image,,,\n,/,,,")
+    source = open_source(path)
+    assert source.load() == []
+    (bad,) = source.bad
+    assert (bad.source, bad.line) == ("/", 2) and "directory" in bad.problem, bad
 
 
 # Found by fuzzing: a path holding a NUL byte once let pathlib's ValueError out of load_image.
