@@ -86,6 +86,39 @@ def test_context_tokens_concatenates_the_tokens_in_order() -> None:
         torch.testing.assert_close(mean(swapped, present, both), mean(feats, present, both), rtol=1e-5, atol=1e-5)
 
 
+def test_match_dim_appends_each_objects_scores_with_the_question_slots() -> None:
+    """With ``match_dim=K``, object i enters g as ``[o_i, s_i]`` with ``s_ik = (P o_i) . (Q t_k) / sqrt(K)``
+    for each of the N slots (0 where a slot holds no valid token), and the pairwise equation holds with it."""
+    f = _fusion(context_tokens=3, match_dim=2).eval()
+    feats, present, masks = _inputs()  # 2 words; row 1's second word is padding
+    w = torch.cat([f.g_first.weight, f.g_second.weight, f.g_context.weight], dim=1)
+    P, Q = f.match_objects, f.match_context["text"]
+    coords = grid_coordinates(4)
+    with torch.no_grad():
+        got = f(feats, present, masks)
+        for b in range(3):
+            o = torch.cat([feats["image"][b], coords], dim=1)  # (4, 7)
+            words = feats["text"][b] * masks["text"][b][:, None]
+            q = torch.cat([words[0], words[1], torch.zeros(3)])
+            s = torch.zeros(4, 3)
+            for i in range(4):
+                for k in range(2):
+                    if masks["text"][b, k]:
+                        s[i, k] = P(o[i]) @ Q(words[k]) / 2**0.5
+            tagged = torch.cat([o, s], dim=1)  # (4, 7 + 3)
+            total = sum(
+                (f.g_rest(torch.relu(w @ torch.cat([tagged[i], tagged[j], q]) + f.g_first.bias))
+                 for i in range(4) for j in range(4) if masks["image"][b, i] and masks["image"][b, j]),
+                torch.zeros(6),
+            )
+            torch.testing.assert_close(got[b], f.f(total), rtol=1e-5, atol=1e-5)
+        assert s[:, 2].abs().sum() == 0 and s[:, :2].abs().sum() > 0
+        # a padded word's value cannot leak through its score: changing it leaves row 1 alone
+        changed = {**feats, "text": feats["text"].clone()}
+        changed["text"][1, 1] += 50.0
+        torch.testing.assert_close(f(changed, present, masks)[1], got[1])
+
+
 def test_without_coordinates_the_objects_are_a_set_and_padding_is_ignored() -> None:
     f = _fusion(coordinates=False).eval()
     feats, present, masks = _inputs()
@@ -112,6 +145,10 @@ def test_bad_configs_are_named() -> None:
         RelationFusion(DIMS, 4, g_depth=0)
     with pytest.raises(ConfigError, match="context_tokens"):
         RelationFusion(DIMS, 4, context_tokens=0)
+    with pytest.raises(ConfigError, match="match_dim needs context_tokens"):
+        RelationFusion(DIMS, 4, match_dim=8)
+    with pytest.raises(ConfigError, match="match_dim must be a positive int"):
+        RelationFusion(DIMS, 4, context_tokens=2, match_dim=0)
     f = _fusion()
     feats, present, _ = _inputs(objects=3)
     with pytest.raises(ShapeError, match="square grid"):

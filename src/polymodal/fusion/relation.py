@@ -14,6 +14,12 @@ The mean cannot tell that question from "is the star above the circle?" (the sam
 encoder mixes in from their positions differs), and a model trained with it answers both alike;
 ``context_tokens`` keeps which shape is named first (docs/fusion.md).
 
+With ``match_dim=K`` (and ``context_tokens``) each object also carries its match scores with the
+question's token slots, ``s_ik = (P o_i) . (Q t_k) / sqrt(K)`` (zero on empty slots), so "is ``o_i``
+the shape named in slot ``k``" is one linear read of ``[o_i; s_i]`` in ``g`` instead of a product
+``g``'s ReLU layers have to build from a sum; the pair ``(o_i, o_j)`` then sees which words each of its
+objects answers to.
+
 ``g``'s first layer is linear in the concatenation ``[o_i, o_j, q]``, so it is computed as
 ``A o_i + B o_j + C q`` from per-token and per-example terms and broadcast over the ``N^2`` pairs
 (the same function as the concatenation, without materialising it).
@@ -68,6 +74,8 @@ class RelationFusion(Fusion):
             (``q`` holds its tokens concatenated in order into ``N`` slots, padding and empty slots as zeros;
             a modality with more than ``N`` tokens is a ``ShapeError``). Order-aware, for questions whose
             answer depends on which word comes first.
+        match_dim: ``None`` or ``K``: append to each object its scaled dot products with every context
+            slot, through learned ``K``-wide projections of both (needs ``context_tokens``).
     """
 
     uses_tokens = True
@@ -83,6 +91,7 @@ class RelationFusion(Fusion):
         f_depth: int = 2,
         coordinates: bool = True,
         context_tokens: int | None = None,
+        match_dim: int | None = None,
     ) -> None:
         super().__init__(dims, out_dim)
         if objects not in self.dims:
@@ -92,6 +101,10 @@ class RelationFusion(Fusion):
         sizes = {"model_dim": model_dim, "g_depth": g_depth, "f_depth": f_depth}
         if context_tokens is not None:
             sizes["context_tokens"] = context_tokens
+        if match_dim is not None:
+            if context_tokens is None:
+                raise ConfigError("RelationFusion match_dim needs context_tokens (the slots to match against)")
+            sizes["match_dim"] = match_dim
         for name, v in sizes.items():
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ConfigError(f"RelationFusion {name} must be a positive int, got {v!r}")
@@ -101,6 +114,11 @@ class RelationFusion(Fusion):
         obj_dim = self.dims[objects] + (2 if self.coordinates else 0)
         self.context_tokens = context_tokens
         ctx_dim = sum(self.dims[m] for m in self.context_modalities) * (context_tokens or 1)
+        self.match_dim = match_dim
+        if match_dim is not None:
+            self.match_objects = nn.Linear(obj_dim, match_dim)  # P
+            self.match_context = nn.ModuleDict({m: nn.Linear(self.dims[m], match_dim) for m in self.context_modalities})  # Q
+            obj_dim += len(self.context_modalities) * (context_tokens or 0)
         # g's first layer, split by input: W [o_i; o_j; q] + b = A o_i + B o_j + C q + b
         self.g_first = nn.Linear(obj_dim, model_dim)  # A, with g's bias
         self.g_second = nn.Linear(obj_dim, model_dim, bias=False)  # B
@@ -116,21 +134,49 @@ class RelationFusion(Fusion):
             x = torch.cat([x, coords.expand(x.shape[0], -1, -1)], dim=-1)
         return x, mask
 
-    def context(self, features: Mapping[str, Tensor], present: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None) -> Tensor:
-        """``q``: per other modality in name order, the masked mean of its tokens ``(B, D)`` or its tokens in
-        order, zero-padded to ``context_tokens`` slots ``(B, context_tokens * D)``; concatenated."""
-        parts = []
+    def context_slots(
+        self, features: Mapping[str, Tensor], present: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None
+    ) -> dict[str, tuple[Tensor, Tensor]]:
+        """Per other modality, its tokens in order in ``context_tokens`` slots, zero where empty ``(B, N, D)``,
+        and which slots hold a valid token ``(B, N)``."""
+        assert self.context_tokens is not None
+        slots = {}
         for m in self.context_modalities:
-            x, valid = self.tokens(features, present, masks, m)  # (B, N, D), (B, N)
-            if self.context_tokens is None:
-                parts.append(masked_mean(x, valid))
-                continue
+            x, valid = self.tokens(features, present, masks, m)  # (B, n, D), (B, n)
             n = x.shape[1]
             if n > self.context_tokens:
                 raise ShapeError(f"RelationFusion: {m} has {n} tokens, more than context_tokens={self.context_tokens}")
             x = x * valid[..., None].to(x.dtype)
-            parts.append(nn.functional.pad(x, (0, 0, 0, self.context_tokens - n)).flatten(1))
+            pad = self.context_tokens - n
+            slots[m] = (nn.functional.pad(x, (0, 0, 0, pad)), nn.functional.pad(valid, (0, pad), value=False))
+        return slots
+
+    def match_scores(self, objs: Tensor, slots: Mapping[str, tuple[Tensor, Tensor]]) -> Tensor:
+        """``(B, N_obj, M * N)``: ``(P o_i) . (Q_m t_k) / sqrt(K)`` per context modality ``m`` in name order and
+        slot ``k``; empty slots score 0."""
+        assert self.match_dim is not None
+        p = self.match_objects(objs)  # (B, N_obj, K)
+        scores = []
+        for m, (t, filled) in slots.items():
+            s = p @ self.match_context[m](t).transpose(1, 2) / math.sqrt(self.match_dim)  # (B, N_obj, N)
+            scores.append(s * filled[:, None, :].to(s.dtype))
+        return torch.cat(scores, dim=-1)
+
+    def context(self, features: Mapping[str, Tensor], present: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None) -> Tensor:
+        """``q``: per other modality in name order, the masked mean of its tokens ``(B, D)`` or its tokens in
+        order, zero-padded to ``context_tokens`` slots ``(B, context_tokens * D)``; concatenated."""
+        if self.context_tokens is not None:
+            return self.flat_context(self.context_slots(features, present, masks))
+        parts = []
+        for m in self.context_modalities:
+            x, valid = self.tokens(features, present, masks, m)  # (B, N, D), (B, N)
+            parts.append(masked_mean(x, valid))
         return torch.cat(parts, dim=-1)
+
+    @staticmethod
+    def flat_context(slots: Mapping[str, tuple[Tensor, Tensor]]) -> Tensor:
+        """``q`` from the slots: each modality's ``(B, N, D)`` flattened in order, concatenated."""
+        return torch.cat([t.flatten(1) for t, _ in slots.values()], dim=-1)
 
     def forward(
         self, features: Mapping[str, Tensor], present: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None
@@ -147,7 +193,12 @@ class RelationFusion(Fusion):
         """
         self.check(features, present)
         objs, valid = self.object_tokens(features, present, masks)  # (B, N, Do), (B, N)
-        q = self.context(features, present, masks)  # (B, Dq)
+        if self.match_dim is None:
+            q = self.context(features, present, masks)  # (B, Dq)
+        else:
+            slots = self.context_slots(features, present, masks)
+            q = self.flat_context(slots)
+            objs = torch.cat([objs, self.match_scores(objs, slots)], dim=-1)  # (B, N, Do + M * slots)
         first = self.g_first(objs) + self.g_context(q)[:, None, :]  # (B, N, d): A o_i + C q + b
         second = self.g_second(objs)  # (B, N, d): B o_j
         h = self.g_rest(torch.relu(first[:, :, None, :] + second[:, None, :, :]))  # (B, N_i, N_j, d)
