@@ -100,7 +100,8 @@ def test_recipe_is_what_fuse_train_uses(monkeypatch: pytest.MonkeyPatch, tmp_pat
     seen: dict[str, object] = {}
 
     def fake_load(
-        spec: str, *, splits: tuple[str, ...] = ("train", "val", "test"), vqa_sizes: dict | None = None, vqa_train_mix: dict | None = None
+        spec: str, *, splits: tuple[str, ...] = ("train", "val", "test"), vqa_sizes: dict | None = None,
+        vqa_train_mix: dict | None = None, config: ClassifierConfig | None = None,
     ) -> DataSplits:
         seen["vqa_sizes"] = vqa_sizes
         seen["vqa_train_mix"] = vqa_train_mix

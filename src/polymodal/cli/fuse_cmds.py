@@ -29,12 +29,13 @@ def fuse() -> None:
 
 
 @fuse.command("train")
-@data_option("a labelled multimodal set (builtin:avdigits, builtin:avclips or builtin:shapes-vqa)", required=True)
+@data_option("a labelled multimodal set: builtin:avdigits, builtin:avclips, builtin:shapes-vqa, or a folder of "
+             "LABEL/clip.mp4 (or train/, val/, test/ folders of them)", required=True)
 @click.option("--fusion", default="tensor", show_default=True,
               help="early, late, tensor, low_rank, gated, cross_modal (shapes-vqa: cross_modal, relation; avclips: gated, late, early); or image/video/audio/question for a unimodal baseline")  # fmt: skip
 @click.option("--preset", default=None, help="a preset name or JSON file instead of the one --fusion picks")
 @out_option("model folder to write")
-@click.option("--epochs", default=None, type=click.IntRange(min=1), help="default: the data's recipe (avdigits 15, avclips 10, shapes-vqa see docs/fusion.md)")
+@click.option("--epochs", default=None, type=click.IntRange(min=1), help="default: the data's recipe (avdigits 15, avclips 10, shapes-vqa see docs/fusion.md, a folder 15)")
 @seed_option()
 @click.option("--modality-dropout", default=None, type=click.FloatRange(0, 1, max_open=True), help="override the preset's")
 @click.option("--dropout-scheme", default=None, type=click.Choice(["independent", "one"]),
@@ -55,6 +56,9 @@ def train_cmd(data: str, fusion: str, preset: str | None, out: str, epochs: int 
                      modality_dropout=modality_dropout, dropout_scheme=dropout_scheme, aux_loss_weight=aux_loss_weight,
                      select=select, resume=resume, log=stderr_log(quiet))  # fmt: skip
     click.echo(f"saved {out}: best epoch {r.best_epoch} (by {r.select}), val accuracy {r.val_accuracy:.4f} ({r.seconds:.0f} s)")
+    if r.skipped:
+        first = r.skipped[0]
+        click.echo(f"skipped {len(r.skipped)} file(s) that could not be read, first {first.source}: {first.problem}", err=True)
 
 
 @fuse.command("eval")

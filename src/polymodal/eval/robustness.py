@@ -424,7 +424,7 @@ def robustness_run(
     data = data or datas[0]
     if not data:
         raise ConfigError("the models name no data; pass --data")
-    d = load_data(data, splits=(split,))
+    d = load_data(data, splits=(split,), config=next(iter(models.values())).config)
     records = d.splits[split]
     labels = {n: encode_labels(records, model_labels=m.config.labels, label_names=d.label_names, split=split) for n, m in models.items()}
     base_name = None if baseline is None else Path(baseline).name
@@ -435,12 +435,14 @@ def robustness_run(
 
 
 def evaluate_run(path: str | Path, *, data: str | None = None, split: str = "test") -> dict[str, Any]:
-    """``{"accuracy": {"all": A, "missing:image": B, ...}, "data", "split", "n"}`` of a saved classifier."""
+    """``{"accuracy": {"all": A, "missing:image": B, ...}, "data", "split", "n", "skipped"}`` of a saved classifier
+    (``skipped``: the files of a folder that could not be read, each with its problem)."""
     model = load(path, MultimodalClassifier, what="fuse eval")
     data = data or model.extra.get("data")
     if not data:
         raise ConfigError(f"{path}: config.json names no data; pass --data")
-    d = load_data(data, splits=(split,))
+    d = load_data(data, splits=(split,), config=model.config)
     records = d.splits[split]
     labels = encode_labels(records, model_labels=model.config.labels, label_names=d.label_names, split=split)
-    return {"accuracy": missing_modality_accuracy(model, records, labels), "data": data, "split": split, "n": len(records)}
+    return {"accuracy": missing_modality_accuracy(model, records, labels), "data": data, "split": split, "n": len(records),
+            "skipped": [b.to_dict() for b in d.skipped]}

@@ -8,8 +8,9 @@ corrupts the raw tensors (noise on pixels, on the waveform, typos in the text) a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from polymodal.text import WordTokenizer
 if TYPE_CHECKING:  # (the classifier imports this module for its inputs)
     from polymodal.models.classifier import ClassifierConfig
 
-__all__ = ["RawInputs", "featurize", "raw_inputs"]
+__all__ = ["RawInputs", "featurize", "raw_inputs", "read_compact"]
 
 
 @dataclass
@@ -128,6 +129,59 @@ def _waveform(value: object, c: AudioEncoderConfig, source: str) -> Tensor:
 
         samples = soxr.resample(samples, value.sample_rate, c.sample_rate).astype(np.float32)
     return torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+
+
+def _compact_video(video: Video, c: VideoEncoderConfig, source: str) -> Video:
+    """``video`` with its frames put through the frame encoder's preprocessing and stored back as uint8 RGB at
+    its size: squashing them again is the identity (same size) and grey frames come back grey, so the model's
+    input is bit for bit the one of the original frames."""
+    pre = c.image_preprocess
+    frames = []
+    for frame in video.frames:
+        x = (pre.one(Image.fromarray(frame)) * 255.0).round().to(torch.uint8)  # (C, S, S): a [0, 1] image from uint8
+        frames.append(x.expand(3, -1, -1).permute(1, 2, 0).numpy())
+    if not frames:
+        raise DataError(source, "the video has no frames")
+    return replace(video, frames=np.ascontiguousarray(np.stack(frames)))
+
+
+def _compact_audio(audio: Audio, c: AudioEncoderConfig, source: str) -> Audio:
+    """``audio`` as the audio encoder reads it: mono at its sample rate (what :func:`_waveform` gives again)."""
+    return Audio(_waveform(audio, c, source).numpy(), c.sample_rate)
+
+
+def read_compact(config: ClassifierConfig, record: Record) -> Record:
+    """``record``, whose files are paths (``open_source(..., decode=False)``), decoded into what ``config`` reads.
+
+    A video keeps the video encoder's ``num_frames`` frames at its frame size, and its audio track (when
+    the model has an audio encoder) becomes mono at that encoder's rate; an audio file likewise. The
+    model's inputs are the same as from the fully decoded files, while a folder of long or large videos
+    holds only small arrays. Images and text are decoded as they are.
+
+    Raises:
+        DataError: a file that cannot be decoded, named.
+    """
+    from polymodal.data.decode import decode
+
+    video_enc = config.encoders.get("video")
+    audio_enc = config.encoders.get("audio")
+    values: dict[str, Any] = {}
+    if isinstance(record.video, str | Path):
+        from polymodal.data.video import load_video
+
+        frames = video_enc.num_frames if isinstance(video_enc, VideoEncoderConfig) else 1
+        video = load_video(record.video, num_frames=frames, audio=isinstance(audio_enc, AudioEncoderConfig))
+        if isinstance(video_enc, VideoEncoderConfig):
+            video = _compact_video(video, video_enc, str(record.video))
+        if video.audio is not None and isinstance(audio_enc, AudioEncoderConfig):
+            video = replace(video, audio=_compact_audio(video.audio, audio_enc, str(record.video)))
+        values["video"] = video
+    if isinstance(record.audio, str | Path):
+        audio = decode("audio", record.audio)
+        values["audio"] = _compact_audio(audio, audio_enc, str(record.audio)) if isinstance(audio_enc, AudioEncoderConfig) else audio
+    if isinstance(record.image, str | Path):
+        values["image"] = decode("image", record.image)
+    return replace(record, **values)
 
 
 def raw_inputs(config: ClassifierConfig, records: Sequence[Record], *, require_all: bool | None = None) -> RawInputs:

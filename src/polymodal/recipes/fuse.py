@@ -17,10 +17,14 @@ NEEDS = "a labelled multimodal set"
 
 
 def _check_data(data: str | None, command: str) -> str | None:
-    """``data`` as the classifier loader names it (``builtin:NAME``), or one line saying why it cannot be used."""
+    """``data`` as the classifier loader names it (``builtin:NAME``, or a labelled folder's absolute path, so a
+    saved model finds it from anywhere), or one line saying why it cannot be used."""
     if data is None:
         return None
-    spec = require_source(data, command=command, needs=NEEDS, builtins=CLASSIFIER_DATA)
+    spec = require_source(data, command=command, needs=NEEDS, kinds=("folder",), builtins=CLASSIFIER_DATA)
+    if spec.kind == "folder":
+        assert spec.path is not None
+        return str(spec.path.resolve())
     if spec.split is not None:
         how = "reads the train and val splits" if command == "fuse train" else "scores the split --split names"
         raise ConfigError(f"{command} {how}; give builtin:{spec.name}, not {data}")
@@ -31,7 +35,8 @@ def train(data: str, out: str, *, fusion: str = "tensor", preset: str | None = N
           seed: int = 0, device: str = "cpu", modality_dropout: float | None = None, dropout_scheme: str | None = None,
           aux_loss_weight: float | None = None, select: str = "auto", resume: bool = False,
           log: Log | None = None) -> FitResult:
-    """Train a classifier on ``data`` (builtin:avdigits, builtin:avclips or builtin:shapes-vqa) and save it to ``out``; the
+    """Train a classifier on ``data`` (builtin:avdigits, builtin:avclips, builtin:shapes-vqa or a labelled folder,
+    ``label/clip.mp4``) and save it to ``out``; the
     epoch with the best validation score is kept. ``log`` gets one line per epoch; ``out/checkpoint`` is rewritten
     after every epoch and ``resume`` continues from it."""
     from polymodal.train.classifier_fit import train_run

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from polymodal.data.record import Record
+from polymodal.data.record import BadRecord, Record
 from polymodal.errors import ConfigError, DataError
 from polymodal.models.classifier import (
     ClassifierConfig,
@@ -25,7 +25,7 @@ from polymodal.models.classifier import (
     missing_modality_dropout,
 )
 from polymodal.models.classifier_encoders import TextEncoderConfig
-from polymodal.models.classifier_inputs import ModalityInputs, featurize, raw_inputs
+from polymodal.models.classifier_inputs import ModalityInputs, featurize, raw_inputs, read_compact
 from polymodal.train.loop import Checkpointer, param_groups, progress_bar, seed_everything, warmup_cosine
 
 __all__ = [
@@ -78,11 +78,13 @@ RECIPES: dict[str, Recipe] = {
 
 @dataclass
 class DataSplits:
-    """Records of a data source's splits and the names of its integer labels."""
+    """Records of a data source's splits, the names of its integer labels (none for a folder, whose labels
+    are names), and the files skipped because they could not be read."""
 
     name: str
     splits: dict[str, list[Record]]
     label_names: tuple[str, ...]
+    skipped: list[BadRecord] = field(default_factory=list)
 
 
 def load_data(
@@ -91,18 +93,30 @@ def load_data(
     splits: Sequence[str] = ("train", "val", "test"),
     vqa_sizes: dict[str, int] | None = None,
     vqa_train_mix: dict[str, float] | None = None,
+    config: ClassifierConfig | None = None,
 ) -> DataSplits:
-    """Load a built-in data source.
+    """Load a built-in data source, or a user's labelled folder.
 
     Args:
         spec: "builtin:avdigits" (image + spoken digit -> digit), "builtin:avclips" (MP4 clips: motion
-            direction x tone sweep) or "builtin:shapes-vqa" (scene + question
-            -> answer word).
+            direction x tone sweep), "builtin:shapes-vqa" (scene + question -> answer word), or the path
+            of a labelled folder (``label/clip.mp4``; :mod:`polymodal.data.labelled_folder`).
         splits: which splits to load.
         vqa_sizes: records per split for shapes-vqa (default train 12000, val 1000, test 2000).
         vqa_train_mix: relative frequency of each question type in the shapes-vqa training split (types
             not named: 1; ``None``: uniform); validation and test are always uniform.
+        config: the model a folder is read for: each file is decoded into what it reads
+            (:func:`~polymodal.models.classifier_inputs.read_compact`). Needed for a folder only.
     """
+    if not spec.startswith("builtin:"):
+        from functools import partial
+
+        from polymodal.data.labelled_folder import load_labelled_folder
+
+        if config is None:
+            raise ConfigError(f"reading the folder {spec} needs the model's config (which frames and audio it reads)")
+        folder = load_labelled_folder(spec, splits, read=partial(read_compact, config))
+        return DataSplits(spec, folder.splits, (), skipped=folder.bad)
     if spec == "builtin:avdigits":
         from polymodal.data.avdigits import load_avdigits
 
@@ -198,6 +212,7 @@ class FitResult:
         seconds: training wall time.
         select: the validation score the epoch was chosen by ("all" or "missing").
         val_score: that score at the kept epoch.
+        skipped: files of the training data that could not be read (a folder's), each with its problem.
     """
 
     model: MultimodalClassifier
@@ -207,6 +222,7 @@ class FitResult:
     seconds: float = 0.0
     select: str = "all"
     val_score: float = 0.0
+    skipped: list[BadRecord] = field(default_factory=list)
 
 
 def _text_vocab(config: ClassifierConfig, train: Sequence[Record]) -> ClassifierConfig:
@@ -371,7 +387,7 @@ def default_preset(data: str, fusion: str) -> str:
     """The preset of ``polymodal fuse train --data DATA --fusion FUSION``.
 
     avdigits: ``fusion-{fusion}`` (fusion kinds, or "image"/"audio" for the unimodal baselines);
-    avclips: ``avclips-{fusion}`` (gated, late, early, or "video"/"audio");
+    avclips, and a folder holding videos: ``avclips-{fusion}`` (gated, late, early, or "video"/"audio");
     shapes-vqa: ``vqa-cross`` for "cross_modal", ``vqa-relation`` for "relation" (a Relation Network over
     pairs of grid cells), ``vqa-question``/``vqa-image`` for the baselines.
     """
@@ -382,6 +398,11 @@ def default_preset(data: str, fusion: str) -> str:
         return table[fusion]
     if data == "builtin:avclips":
         return f"avclips-{fusion}"
+    if not data.startswith("builtin:"):
+        from polymodal.data.labelled_folder import folder_modalities
+
+        if "video" in folder_modalities(data):
+            return f"avclips-{fusion}"
     return f"fusion-{fusion}"
 
 
@@ -417,9 +438,15 @@ def train_run(
     overrides = {"modality_dropout": modality_dropout, "dropout_scheme": dropout_scheme, "aux_loss_weight": aux_loss_weight}
     config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
     recipe = RECIPES.get(data, DEFAULT_RECIPE)
-    splits = load_data(data, splits=("train", "val"), vqa_sizes=recipe.vqa_sizes, vqa_train_mix=recipe.vqa_train_mix)
+    splits = load_data(data, splits=("train", "val"), vqa_sizes=recipe.vqa_sizes, vqa_train_mix=recipe.vqa_train_mix,
+                       config=config)
+    if splits.skipped and log is not None:
+        shown = "; ".join(f"{b.source}: {b.problem}" for b in splits.skipped[:5])
+        log(f"skipped {len(splits.skipped)} file(s) that could not be used: {shown}"
+            + (" ..." if len(splits.skipped) > 5 else ""))
     result = fit_classifier(config, splits, epochs=recipe.epochs if epochs is None else epochs, batch_size=recipe.batch_size,
                             lr=recipe.lr, seed=seed, device=device, select=select, log=log, progress=progress,
                             checkpoint=Path(out) / "checkpoint", resume=resume)  # fmt: skip
+    result.skipped = splits.skipped
     save_classifier(result, out, data=data, extra={"preset": preset or default_preset(data, fusion), "seed": seed})
     return result
