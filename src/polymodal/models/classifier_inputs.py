@@ -131,17 +131,15 @@ def _waveform(value: object, c: AudioEncoderConfig, source: str) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
 
 
-def _compact_video(video: Video, c: VideoEncoderConfig, source: str) -> Video:
+def _compact_video(video: Video, c: VideoEncoderConfig) -> Video:
     """``video`` with its frames put through the frame encoder's preprocessing and stored back as uint8 RGB at
     its size: squashing them again is the identity (same size) and grey frames come back grey, so the model's
-    input is bit for bit the one of the original frames."""
+    input is bit for bit the one of the original frames (``load_video`` never returns a video without frames)."""
     pre = c.image_preprocess
     frames = []
     for frame in video.frames:
         x = (pre.one(Image.fromarray(frame)) * 255.0).round().to(torch.uint8)  # (C, S, S): a [0, 1] image from uint8
         frames.append(x.expand(3, -1, -1).permute(1, 2, 0).numpy())
-    if not frames:
-        raise DataError(source, "the video has no frames")
     return replace(video, frames=np.ascontiguousarray(np.stack(frames)))
 
 
@@ -172,7 +170,7 @@ def read_compact(config: ClassifierConfig, record: Record) -> Record:
         frames = video_enc.num_frames if isinstance(video_enc, VideoEncoderConfig) else 1
         video = load_video(record.video, num_frames=frames, audio=isinstance(audio_enc, AudioEncoderConfig))
         if isinstance(video_enc, VideoEncoderConfig):
-            video = _compact_video(video, video_enc, str(record.video))
+            video = _compact_video(video, video_enc)
         if video.audio is not None and isinstance(audio_enc, AudioEncoderConfig):
             video = replace(video, audio=_compact_audio(video.audio, audio_enc, str(record.video)))
         values["video"] = video
