@@ -1,11 +1,13 @@
 """``polymodal index build`` end to end against the bare image tower on the same images, and its peak memory.
 
-    python benchmarks/bench_index.py [--images 1000] [--photo-size 2000x1500] [--fit pad|crop] [--memory-sizes 1000 4000] [--no-onnx]
+    python benchmarks/bench_index.py [--images 1000 5000] [--photo-size 2000x1500] [--fit pad|crop] [--memory-sizes 1000 4000] [--no-onnx]
 
-Writes N synthetic images once into ``--work`` (three in four photo-like JPEGs with texture, 640x480 or
-``--photo-size``, one in four 256x256 PNG drawings; no sample photographs), saves an aligner with the
-default model's architecture (pretrained towers, untrained heads: the tower costs what it costs with a trained
-model) and framing: ``--fit pad``, the whole image padded to a square as ``polymodal demo``'s model does
+For each folder size N of ``--images`` (default 1,000 and 5,000: a build pays a fixed 2-3 s of process
+start-up, importing torch and loading the model, about a fifth of a 1,000-image run on 2 cores and a
+twentieth of a 5,000-image one), writes N synthetic images once into ``--work`` (three in four photo-like
+JPEGs with texture, 640x480 or ``--photo-size``, one in four 256x256 PNG drawings; no sample
+photographs), saves an aligner with the default model's architecture (pretrained towers, untrained heads:
+the tower costs what it costs with a trained model) and framing: ``--fit pad``, the whole image padded to a square as ``polymodal demo``'s model does
 (the default), or ``--fit crop``, the TF centre crop (``AlignerConfig``'s default). It measures side by side:
 
 - ``tower_images_per_s``: the bare image tower (``model.encode_image`` on preprocessed tensors, batch
@@ -14,18 +16,21 @@ model) and framing: ``--fit pad``, the whole image padded to a square as ``polym
   process, N / wall time from process start to exit (start-up, model load, hashing, decoding, thumbnails,
   the tower, SQLite and faiss). ``build_images_per_s`` is N / the build's own ``seconds`` (without the
   process start-up and model load).
-- ``onnxruntime_pipeline_images_per_s`` (if ``onnxruntime`` imports): the same build in this process with
-  the image trunk replaced by ONNX Runtime running the same network (exported as ``bench_image_tower.py``
-  exports it, pooled features, 2 intra-op threads) in the same pipeline, next to polymodal's own trunk
-  in the same pipeline (``pipeline_images_per_s``).
+- ``startup_s``: wall seconds of the build process outside the build itself (``wall_s`` less the report's
+  ``seconds``).
+- ``onnxruntime_pipeline_images_per_s`` (if ``onnxruntime`` imports; first size only): the same build in
+  this process with the image trunk replaced by ONNX Runtime running the same network (exported as
+  ``bench_image_tower.py`` exports it, pooled features, 2 intra-op threads) in the same pipeline, next to
+  polymodal's own trunk in the same pipeline (``pipeline_images_per_s``).
 
 With ``--compare-workers``, the same in-process build also with decoding inline (``workers=0``, the
 sequential path) and in 2 forked worker processes instead of 2 threads.
 
 With ``--memory-sizes``, one more JSON line per size: the peak resident set size of an ``index build``
 process over that many images (read by a small intermediate process: Linux keeps a process's peak RSS
-across exec, so a child forked straight from this large process would report at least this one's size), and the ratio to the first size. Prints one JSON line
-per measurement.
+across exec, so a child forked straight from this large process would report at least this one's size),
+and the ratio to the first size. Prints one JSON line per measurement (one ``index_build`` line per folder
+size).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ import torch
 from PIL import Image, ImageDraw
 
 COLOURS = ((200, 40, 40), (40, 160, 60), (40, 70, 200), (230, 200, 40))
+IMAGES_VERSION = "2"  # 2: every drawing a distinct file (in version 1, 133 of 1,000 files were copies)
 
 
 def synthetic_image(i: int, photo_size: tuple[int, int] = (640, 480)) -> tuple[Image.Image, str]:
@@ -59,6 +65,11 @@ def synthetic_image(i: int, photo_size: tuple[int, int] = (640, 480)) -> tuple[I
         d = ImageDraw.Draw(im)
         r = int(rng.integers(40, 110))
         (d.rectangle if i % 8 == 3 else d.ellipse)((128 - r, 128 - r, 128 + r, 128 + r), fill=colour)
+        # i's bits as near-white pixels in the bottom row: no two drawings are the same file, so the build
+        # embeds every image (it embeds a repeated file once) and runs the tower as often as the bare one.
+        for k in range(16):
+            if i >> k & 1:
+                im.putpixel((k, 255), (250, 250, 250))
         return im, ".png"
     w, h = photo_size
     ramp = np.linspace(0, 1, w, dtype=np.float32)[None, :, None] * rng.integers(40, 215, 3)
@@ -73,15 +84,17 @@ def synthetic_image(i: int, photo_size: tuple[int, int] = (640, 480)) -> tuple[I
 
 def image_folder(work: Path, n: int, photo_size: tuple[int, int] = (640, 480)) -> Path:
     """``work/images-N`` (``images-N-WxH`` for other photo sizes) holding images 0..n-1, written once (a marker
-    file says the folder is complete)."""
+    file says the folder is complete, and by which version of :func:`synthetic_image`)."""
     root = work / (f"images-{n}" if photo_size == (640, 480) else f"images-{n}-{photo_size[0]}x{photo_size[1]}")
-    if (root / ".complete").is_file():
+    marker = root / ".complete"
+    if marker.is_file() and marker.read_text() == IMAGES_VERSION:
         return root
+    shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         im, suffix = synthetic_image(i, photo_size)
         im.save(root / f"{i:05d}{suffix}", quality=90)
-    (root / ".complete").write_text("")
+    marker.write_text(IMAGES_VERSION)
     return root
 
 
@@ -176,6 +189,45 @@ def pipeline_images_per_s(model: Any, folder: Path, out: Path, batch_size: int, 
     return len(sources) / rep.seconds
 
 
+def throughput_line(model: Any, model_dir: Path, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The bare tower before and after one ``index build`` process over ``folder``, and their ratios."""
+    tower = tower_images_per_s(model, folder, args.batch_size)
+    run = cli_build(model_dir, folder, args.work / "index", args.batch_size)
+    tower_after = tower_images_per_s(model, folder, args.batch_size)  # the machine's load may change
+    tower_mean = (tower + tower_after) / 2
+    n = run["report"]["count"]
+    if run["report"]["embedded"] != n:
+        raise SystemExit(f"the build embedded {run['report']['embedded']} of {n} images; the comparison needs all")
+    return {
+        "benchmark": "index_build", "images": n,
+        "image_mix": f"3/4 {args.photo_size[0]}x{args.photo_size[1]} JPEG, 1/4 256x256 PNG",
+        "fit": args.fit, "batch_size": args.batch_size, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "tower_images_per_s": round(tower_mean, 1), "tower_before_after": [round(tower, 1), round(tower_after, 1)],
+        "index_build_images_per_s": round(n / run["wall_s"], 1),
+        "build_images_per_s": round(n / run["report"]["seconds"], 1),
+        "ratio_end_to_end": round(n / run["wall_s"] / tower_mean, 3),
+        "ratio_build": round(n / run["report"]["seconds"] / tower_mean, 3),
+        "wall_s": round(run["wall_s"], 1), "startup_s": round(run["wall_s"] - run["report"]["seconds"], 2),
+        "peak_rss_mb": round(run["peak_rss_mb"]),
+    }
+
+
+def onnx_line(model: Any, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """polymodal's pipeline in this process with its own trunk, then with the trunk in ONNX Runtime."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return {"onnxruntime": "not installed"}
+    ours = pipeline_images_per_s(model, folder, args.work / "index-ours", args.batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.image_trunk = onnx_trunk(model, os.path.join(tmp, "tower.onnx"))
+        ort_ips = pipeline_images_per_s(model, folder, args.work / "index-ort", args.batch_size)
+    del model.image_trunk  # back to the class's own trunk
+    return {"onnxruntime": onnxruntime.__version__, "pipeline_images_per_s": round(ours, 1),
+            "onnxruntime_pipeline_images_per_s": round(ort_ips, 1), "ratio_vs_onnxruntime": round(ours / ort_ips, 3)}
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
@@ -188,7 +240,8 @@ def _size(text: str) -> tuple[int, int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=1000, help="images in the throughput comparison")
+    ap.add_argument("--images", type=int, nargs="+", default=[1000, 5000],
+                    help="folder sizes of the throughput comparison, one JSON line each")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--photo-size", type=_size, default=(640, 480), metavar="WxH",
                     help="size of the JPEG photos (real photo folders are mostly 4000x3000-ish JPEGs)")
@@ -207,46 +260,20 @@ def main() -> int:
 
     args.work.mkdir(parents=True, exist_ok=True)
     model_dir = model_folder(args.work, args.fit)
-    folder = image_folder(args.work, args.images, args.photo_size)
     model = load(model_dir)
-    tower = tower_images_per_s(model, folder, args.batch_size)
-    run = cli_build(model_dir, folder, args.work / "index", args.batch_size)
-    tower_after = tower_images_per_s(model, folder, args.batch_size)  # the machine's load may change
-    tower_mean = (tower + tower_after) / 2
-    n = run["report"]["count"]
-    line: dict[str, Any] = {
-        "benchmark": "index_build", "images": n,
-        "image_mix": f"3/4 {args.photo_size[0]}x{args.photo_size[1]} JPEG, 1/4 256x256 PNG",
-        "fit": args.fit, "batch_size": args.batch_size, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-        "machine": platform.machine(),
-        "tower_images_per_s": round(tower_mean, 1), "tower_before_after": [round(tower, 1), round(tower_after, 1)],
-        "index_build_images_per_s": round(n / run["wall_s"], 1),
-        "build_images_per_s": round(n / run["report"]["seconds"], 1),
-        "ratio_end_to_end": round(n / run["wall_s"] / tower_mean, 3),
-        "ratio_build": round(n / run["report"]["seconds"] / tower_mean, 3),
-        "wall_s": round(run["wall_s"], 1), "peak_rss_mb": round(run["peak_rss_mb"]),
-    }
-    if args.onnx:
-        try:
-            import onnxruntime
-        except ImportError:
-            line["onnxruntime"] = "not installed"
-        else:
-            ours = pipeline_images_per_s(model, folder, args.work / "index-ours", args.batch_size)
-            with tempfile.TemporaryDirectory() as tmp:
-                model.image_trunk = onnx_trunk(model, os.path.join(tmp, "tower.onnx"))
-                ort_ips = pipeline_images_per_s(model, folder, args.work / "index-ort", args.batch_size)
-            del model.image_trunk  # back to the class's own trunk
-            line.update({"onnxruntime": onnxruntime.__version__, "pipeline_images_per_s": round(ours, 1),
-                         "onnxruntime_pipeline_images_per_s": round(ort_ips, 1),
-                         "ratio_vs_onnxruntime": round(ours / ort_ips, 3)})
-    if args.compare_workers:
-        for name, build in (("threads_2", {"workers": 2}), ("sequential", {"workers": 0}),
-                            ("processes_2", {"workers": 2, "worker_processes": True}), ("threads_2_again", {"workers": 2})):
-            line[f"pipeline_{name}_images_per_s"] = round(
-                pipeline_images_per_s(model, folder, args.work / "index-cmp", args.batch_size, **build), 1)
-    line["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
-    print(json.dumps(line), flush=True)
+    for i, count in enumerate(args.images):
+        folder = image_folder(args.work, count, args.photo_size)
+        line = throughput_line(model, model_dir, folder, args)
+        if args.onnx and i == 0:
+            line.update(onnx_line(model, folder, args))
+        if args.compare_workers and i == 0:
+            for name, build in (("threads_2", {"workers": 2}), ("sequential", {"workers": 0}),
+                                ("processes_2", {"workers": 2, "worker_processes": True}),
+                                ("threads_2_again", {"workers": 2})):
+                line[f"pipeline_{name}_images_per_s"] = round(
+                    pipeline_images_per_s(model, folder, args.work / "index-cmp", args.batch_size, **build), 1)
+        line["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
+        print(json.dumps(line), flush=True)
     first = None
     for size in args.memory_sizes:
         got = cli_build(model_dir, image_folder(args.work, size, args.photo_size), args.work / f"index-{size}", args.batch_size)
